@@ -1,0 +1,151 @@
+"""The `carvis` command: argparse front end, no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from carvis import __version__
+from carvis.errors import CarvisError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and overlay (override the profile)")
+    g.add_argument("--model", "-m", help="car model: .h5 (Keras 1/2/3), .keras or .tflite "
+                   "(default: the project's own models/default.keras)")
+    g.add_argument("--profile", "-p", help="YAML profile (default: models/default.yaml, or a "
+                   "generic one when --model is given)")
+    g.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N (N-th conv layer)")
+    g.add_argument("--channel", "-c", help="channel index, or mean / max over channels")
+    g.add_argument("--threshold", "-t", type=float, help="mask threshold on the 0..255 map")
+    g.add_argument("--colormap", help="OpenCV colormap name (inferno, jet, turbo, ...)")
+    g.add_argument("--backend", choices=("auto", "tensorflow", "litert"), default="auto",
+                   help="inference backend (default: auto)")
+    g.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
+                   default="error", help="what to do with a Lambda layer carvis cannot rebuild "
+                   "(identity: skip it; do its scaling in the profile)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carvis", description="Show what a car's ConvNet is looking at, on video.")
+    parser.add_argument("--version", action="version", version=f"carvis {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("render", help="render a video, folder or synthetic clip with the overlay",
+                       description="Every input frame becomes one output frame, in order.")
+    r.add_argument("source", help="video file, folder of images, or synthetic[:seed=S,frames=N]")
+    r.add_argument("-o", "--output", required=True,
+                   help="OUT.avi (MJPG at the source's fps) or a folder for numbered PNGs")
+    r.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
+    r.add_argument("--max-frames", type=int, help="stop after this many frames")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_model_args(r)
+
+    la = sub.add_parser("layers", help="list a model's layers (conv layers marked)")
+    la.add_argument("model", help="model file (.h5, .keras)")
+    la.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
+                    default="error")
+    return parser
+
+
+def resolve_profile(args: argparse.Namespace):
+    """The profile and model path the flags ask for, with CLI overrides applied."""
+    from carvis import profile as prof
+
+    if args.profile:
+        p = prof.load(args.profile)
+    elif args.model:
+        p = prof.generic()
+    else:
+        p = prof.load(prof.DEFAULT_PROFILE)
+    model = Path(args.model) if args.model else p.model
+    if model is None:
+        raise CarvisError(f"profile {p.source!r} names no model; pass --model PATH")
+    changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
+               "colormap": args.colormap}
+    p = p.replace(**{k: v for k, v in changes.items() if v is not None})
+    return p, model
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from carvis import pipeline, sources
+    from carvis.extractor import ModelSession
+    from carvis.sinks.files import open_file_sink
+
+    profile, model_path = resolve_profile(args)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
+    source = sources.open_source(args.source, fps=args.fps)
+    with source:
+        sink = open_file_sink(args.output, source.fps)
+        session = ModelSession(model_path, backend=args.backend,
+                               lambda_policy=args.lambda_policy)
+        renderer = pipeline.Renderer(session, profile)
+        total = source.frame_count
+        frames = iter(source)
+        if args.max_frames is not None:
+            import itertools
+
+            frames = itertools.islice(frames, args.max_frames)
+            total = min(total, args.max_frames) if total else args.max_frames
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True,
+                   desc=Path(args.output).name)
+        written = 0
+        try:
+            with sink:
+                written = pipeline.render(frames, renderer, sink, progress=bar.update)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"carvis: interrupted: {sink.frames} frames written to {args.output} "
+                  "(the file is complete up to there)", file=sys.stderr)
+            return 130
+        finally:
+            bar.close()
+        skipped = getattr(source, "skipped", [])
+        if skipped:
+            print(f"carvis: warning: skipped {len(skipped)} unreadable image(s)",
+                  file=sys.stderr)
+        if not args.quiet:
+            print(f"carvis: {written} frames written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from carvis import models
+    from carvis.extractor import _quiet_tensorflow
+
+    _quiet_tensorflow()
+    model = models.load_model(args.model, lambda_policy=args.lambda_policy)
+    print(models.format_layer_table(model))
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "layers": cmd_layers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except CarvisError as exc:
+        print(f"carvis: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("carvis: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"carvis: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""File sinks: an MJPG .avi, or a folder of numbered PNG frames."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from carvis.errors import CarvisError
+from carvis.sinks import Sink
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Fail early, in one line, if files cannot be created in this folder."""
+    if not path.exists():
+        raise CarvisError(f"{what} {str(path)!r}: folder does not exist; create it first")
+    if not path.is_dir():
+        raise CarvisError(f"{what} {str(path)!r} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CarvisError(f"{what} {str(path)!r}: no permission to write there; "
+                          "choose another output path")
+
+
+class AviSink(Sink):
+    """Motion-JPEG in an AVI container at the source's fps; released on close (Ctrl-C too)."""
+
+    def __init__(self, path: str | Path, fps: float, quality: int = 95) -> None:
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.quality = quality
+        self.frames = 0
+        check_writable_dir(self.path.resolve().parent, "output")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise CarvisError(f"output {str(self.path)!r} exists and is read-only; "
+                              "choose another output path")
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def _open(self, size: tuple[int, int]) -> None:
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps,
+                                 size)
+        if not writer.isOpened():
+            raise CarvisError(f"output {str(self.path)!r} cannot be written as an MJPG AVI; "
+                              "check the path and the free disk space")
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, self.quality)
+        self._writer, self._size = writer, size
+
+    def write(self, image: np.ndarray) -> None:
+        size = (image.shape[1], image.shape[0])
+        if self._writer is None:
+            self._open(size)
+        elif size != self._size:
+            raise CarvisError(f"frame size {size} changed from {self._size} mid-recording; "
+                              "an .avi holds one size")
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class PngDirSink(Sink):
+    """Numbered PNG frames (000000.png, 000001.png, ...) in source order."""
+
+    def __init__(self, path: str | Path, compression: int = 1) -> None:
+        self.path = Path(path)
+        self.frames = 0
+        parent = self.path.resolve().parent
+        if self.path.exists() and not self.path.is_dir():
+            raise CarvisError(f"output {str(self.path)!r} exists and is not a folder; give a "
+                              "folder for PNG frames or a name ending in .avi")
+        check_writable_dir(parent if not self.path.exists() else self.path, "output")
+        self.path.mkdir(exist_ok=True)
+        self._params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+
+    def write(self, image: np.ndarray) -> None:
+        target = self.path / f"{self.frames:06d}.png"
+        if not cv2.imwrite(str(target), image, self._params):
+            raise CarvisError(f"cannot write {str(target)!r}; check the free disk space")
+        self.frames += 1
+
+
+def open_file_sink(path: str | Path, fps: float) -> Sink:
+    """An AviSink for a name ending in .avi, else a PngDirSink."""
+    if str(path).lower().endswith(".avi"):
+        return AviSink(path, fps)
+    return PngDirSink(path)
