@@ -65,7 +65,7 @@ class Crop:
         """(top, bottom, left, right) in pixels for a frame of this size; errors if outside."""
 
         def px(v: float, size: int) -> int:
-            return int(round(v * size)) if isinstance(v, float) else int(v)
+            return round(v * size) if isinstance(v, float) else int(v)
 
         t, b = px(self.top, height), px(self.bottom, height)
         lft, r = px(self.left, width), px(self.right, width)
@@ -103,7 +103,7 @@ class Profile:
     camera: dict[str, Any]
     source: str = "<built-in>"
 
-    def replace(self, **changes: Any) -> "Profile":
+    def replace(self, **changes: Any) -> Profile:
         """A copy with some values changed, validated like the file's."""
         data = self.to_dict()
         for key, value in changes.items():

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import cv2
 import numpy as np
@@ -54,7 +55,7 @@ class Source:
     def close(self) -> None:
         """Release whatever the source holds."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 
 
@@ -15,7 +17,7 @@ class Sink:
     def close(self) -> None:
         """Flush and release; safe to call twice."""
 
-    def __enter__(self) -> "Sink":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

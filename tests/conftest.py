@@ -1,0 +1,43 @@
+"""Shared test fixtures: where the real Axionaut assets are, and how to skip without them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+AXIONAUT = SHARED_DATA / "axionaut"
+
+
+def require_axionaut() -> Path:
+    """The Axionaut asset folder, or skip the test with the reason."""
+    if not (AXIONAUT / "autopilot.hdf5").is_file():
+        pytest.skip(f"real Axionaut assets not found at {AXIONAUT} (../shared/data beside the "
+                    "checkout); CI always has them")
+    return AXIONAUT
+
+
+@pytest.fixture(scope="session")
+def axionaut_dir() -> Path:
+    return require_axionaut()
+
+
+@pytest.fixture(scope="session")
+def axionaut_model_path(axionaut_dir: Path) -> Path:
+    return axionaut_dir / "autopilot.hdf5"
+
+
+@pytest.fixture(scope="session")
+def axionaut_frames(axionaut_dir: Path) -> Path:
+    return axionaut_dir / "frames"
+
+
+@pytest.fixture(scope="session")
+def race_clip(axionaut_dir: Path) -> Path:
+    return axionaut_dir / "race.mp4"
