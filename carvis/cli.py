@@ -43,6 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_model_args(r)
 
+    ru = sub.add_parser("run", help="live: camera/stream/file → overlay → window, .avi, browser",
+                        description="Live overlay at the camera's frame rate; Ctrl-C stops. "
+                        "Display keys: q quit, +/- threshold, c next channel, l next conv "
+                        "layer, o overlay on/off, r start/stop recording, s snapshot PNG.")
+    ru.add_argument("--source", "-s", help="picamera[:N], a camera index (0), a URL "
+                    "(rtsp://, http://), a video file, a folder or synthetic (default: "
+                    "picamera on a Raspberry Pi, else camera 0)")
+    ru.add_argument("--loop", action="store_true", help="repeat a file source forever")
+    ru.add_argument("--display", action="store_true", help="show an OpenCV window")
+    ru.add_argument("--record", metavar="OUT.avi", help="record the overlay to an MJPG .avi")
+    ru.add_argument("--serve", metavar="[HOST:]PORT", help="MJPEG stream + control page "
+                    "(host defaults to 127.0.0.1; give 0.0.0.0:PORT to serve the car's Wi-Fi)")
+    ru.add_argument("--token", help="secret needed to change settings over HTTP")
+    ru.add_argument("--quality", type=int, default=80, help="JPEG quality of the stream "
+                    "(default 80)")
+    cam = ru.add_argument_group("camera (override the profile's camera: section)")
+    cam.add_argument("--size", metavar="WxH", help="capture size, e.g. 1280x720")
+    cam.add_argument("--fps", type=float, help="capture frame rate")
+    cam.add_argument("--hflip", action="store_true", default=None, help="mirror left-right")
+    cam.add_argument("--vflip", action="store_true", default=None, help="flip upside down")
+    cam.add_argument("--rotate", type=int, choices=(0, 90, 180, 270),
+                     help="rotate clockwise by degrees")
+    _add_model_args(ru)
+
     la = sub.add_parser("layers", help="list a model's layers (conv layers marked)")
     la.add_argument("model", help="model file (.h5, .keras)")
     la.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
@@ -114,6 +138,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from carvis import live
+
+    profile, model_path = resolve_profile(args)
+    return live.run_command(
+        args.source, profile, model_path, loop=args.loop, display=args.display,
+        record=args.record, serve=args.serve, token=args.token, quality=args.quality,
+        camera={"size": args.size, "fps": args.fps, "hflip": args.hflip, "vflip": args.vflip,
+                "rotate": args.rotate},
+        backend=args.backend, lambda_policy=args.lambda_policy)
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from carvis import models
     from carvis.extractor import _quiet_tensorflow
@@ -124,7 +160,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "layers": cmd_layers}
+COMMANDS = {"render": cmd_render, "layers": cmd_layers, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
