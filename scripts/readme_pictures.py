@@ -1,0 +1,49 @@
+"""Make the README's pictures from real frames (needs ../shared/data beside the checkout).
+
+    .venv/bin/python scripts/readme_pictures.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+AXIONAUT = REPO.parent / "shared" / "data" / "axionaut"
+DOCS = REPO / "docs"
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """A caption strip above the picture."""
+    strip = np.full((34, image.shape[1], 3), 24, np.uint8)
+    cv2.putText(strip, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (235, 235, 235), 1,
+                cv2.LINE_AA)
+    return np.vstack([strip, image])
+
+
+def main() -> int:
+    from carvis import pipeline, profile
+    from carvis.extractor import ModelSession
+
+    if not (AXIONAUT / "autopilot.hdf5").is_file():
+        print(f"needs the real Axionaut assets at {AXIONAUT}", file=sys.stderr)
+        return 1
+    DOCS.mkdir(exist_ok=True)
+    prof = profile.load(REPO / "models" / "axionaut.yaml")
+    renderer = pipeline.Renderer(ModelSession(AXIONAUT / "autopilot.hdf5"), prof)
+    frame = cv2.imread(str(AXIONAUT / "frames" / "frame3868.jpg"))
+    roi = frame[600:1080, :1800].copy()
+    out = renderer.process(frame.copy())
+    pair = np.vstack([label(roi, "camera ROI (rows 600:1080, cols 0:1800)"),
+                      label(out, "carvis: maxpooling2d_2, channel 1, threshold 80, inferno")])
+    small = cv2.resize(pair, (900, pair.shape[0] * 900 // 1800), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(DOCS / "overlay_axionaut.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print("wrote", DOCS / "overlay_axionaut.jpg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
