@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import AXIONAUT, REPO  # noqa: E402
-from test_axionaut_e2e import GOLDEN, GOLDEN_CROPS  # noqa: E402
+from conftest import AXIONAUT, REPO
+from test_axionaut_e2e import GOLDEN, GOLDEN_CROPS
 
-from carvis import cli  # noqa: E402
+from carvis import cli
 
 with tempfile.TemporaryDirectory() as tmp:
     assert cli.main(["render", str(AXIONAUT / "frames"), "-o", tmp, "--quiet", "--model",

@@ -28,7 +28,7 @@ def load_weights(path: Path) -> dict[str, list[np.ndarray]]:
 
 def conv_same_relu(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """3×3 'same' cross-correlation (TF convention) + bias + ReLU; x (H, W, Cin)."""
-    kh, kw, cin, cout = kernel.shape
+    kh, kw, _, cout = kernel.shape
     ph, pw = kh // 2, kw // 2
     xp = np.pad(x, ((ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
     h, w = x.shape[:2]
