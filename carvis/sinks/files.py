@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -24,7 +26,12 @@ def check_writable_dir(path: Path, what: str) -> None:
 
 
 class AviSink(Sink):
-    """Motion-JPEG in an AVI container at the source's fps; released on close (Ctrl-C too)."""
+    """Motion-JPEG in an AVI container at the source's fps; released on close (Ctrl-C too).
+
+    Each frame is JPEG-encoded by OpenCV (libjpeg-turbo, at ``quality``) and handed to FFmpeg's
+    AVI muxer as a finished packet; OpenCV builds without raw-packet writing fall back to
+    FFmpeg's own MJPEG encoder. ``timings`` keeps the last encode and write times (seconds).
+    """
 
     def __init__(self, path: str | Path, fps: float, quality: int = 95) -> None:
         self.path = Path(path)
@@ -37,15 +44,36 @@ class AviSink(Sink):
                               "choose another output path")
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
+        self._raw = False
+        self._params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        self.timings: dict[str, collections.deque[float]] = {
+            "encode": collections.deque(maxlen=300), "write": collections.deque(maxlen=300)}
 
     def _open(self, size: tuple[int, int]) -> None:
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps,
-                                 size)
+        fourcc = cv2.VideoWriter_fourcc(*"MJPG")
+        raw = getattr(cv2, "VIDEOWRITER_PROP_RAW_VIDEO", None)
+        writer = None
+        if raw is not None:
+            writer = cv2.VideoWriter(str(self.path), cv2.CAP_FFMPEG, fourcc, self.fps, size,
+                                     [raw, 1])
+            if not writer.isOpened():
+                writer = None
+        self._raw = writer is not None
+        if writer is None:
+            writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
         if not writer.isOpened():
             raise CarvisError(f"output {str(self.path)!r} cannot be written as an MJPG AVI; "
                               "check the path and the free disk space")
-        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, self.quality)
+        if not self._raw:
+            writer.set(cv2.VIDEOWRITER_PROP_QUALITY, self.quality)
         self._writer, self._size = writer, size
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """The frame as JPEG bytes (uint8 array), as this sink stores it."""
+        ok, jpeg = cv2.imencode(".jpg", image, self._params)
+        if not ok:
+            raise CarvisError(f"cannot JPEG-encode a {image.shape} frame for {str(self.path)!r}")
+        return jpeg
 
     def write(self, image: np.ndarray) -> None:
         size = (image.shape[1], image.shape[0])
@@ -54,7 +82,16 @@ class AviSink(Sink):
         elif size != self._size:
             raise CarvisError(f"frame size {size} changed from {self._size} mid-recording; "
                               "an .avi holds one size")
-        self._writer.write(image)
+        t0 = time.perf_counter()
+        if self._raw:
+            packet = self.encode(image).reshape(1, -1)
+            t1 = time.perf_counter()
+            self._writer.write(packet)
+            self.timings["encode"].append(t1 - t0)
+            self.timings["write"].append(time.perf_counter() - t1)
+        else:
+            self._writer.write(image)
+            self.timings["write"].append(time.perf_counter() - t0)
         self.frames += 1
 
     def close(self) -> None:
