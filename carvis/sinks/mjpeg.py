@@ -1,9 +1,11 @@
 """MJPEG over HTTP: each frame JPEG-encoded once, broadcast to any number of viewers.
 
-The encoder publishes the newest frame into one shared slot (bytes + sequence number + a
-condition variable). Every viewer has its own thread that sends the newest frame whenever its
-socket is ready for more, so a slow viewer skips frames, a stalled one is dropped after its
-send timeout, and no viewer is ever buffered without bound or holds up another.
+The encoder publishes the newest frame into one shared slot (one multipart part, bytes). A
+single pump thread sends it to every viewer whose socket can take more, without blocking: a
+viewer still busy with an older frame finishes that one and then gets the newest (the frames
+in between are skipped and counted); a viewer that takes nothing for ``send_timeout`` seconds
+is dropped. No viewer is ever buffered beyond the one frame it is sending, and none can hold
+up another, the encoder or the capture.
 
 Routes: ``/`` the control page, ``/stream.mjpg``, ``/snapshot.jpg``, ``/stats`` (JSON),
 ``/settings`` (GET the live settings; POST JSON to change them, optionally token-protected).
@@ -11,11 +13,14 @@ Routes: ``/`` the control page, ``/stream.mjpg``, ``/snapshot.jpg``, ``/stats`` 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import importlib.resources
 import json
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -35,54 +40,183 @@ class Broadcast:
     """The newest encoded frame, shared by all viewers; publishing never waits for them."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._seq = 0
         self._part: bytes | None = None
         self._header_len = 0
-        self._closed = False
+        self.listeners: list[Callable[[], None]] = []  # called after each publish
 
     def publish(self, jpeg: np.ndarray | bytes) -> int:
         """Make this JPEG the newest frame; returns its sequence number."""
         header = (b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
                   % (BOUNDARY, len(jpeg)))
-        # One multipart part, built once: each viewer sends these very bytes.
+        # One multipart part, built once: every viewer is sent these very bytes.
         part = b"".join((header, jpeg, b"\r\n"))
-        with self._cond:
+        with self._lock:
             self._seq += 1
             self._part, self._header_len = part, len(header)
-            self._cond.notify_all()
-            return self._seq
+            seq = self._seq
+        for listener in self.listeners:
+            listener()
+        return seq
 
-    @property
-    def seq(self) -> int:
-        """Sequence number of the newest frame (0 before the first)."""
-        return self._seq
-
-    @property
-    def closed(self) -> bool:
-        """True once the stream has ended."""
-        return self._closed
+    def latest(self) -> tuple[int, bytes | None]:
+        """(seq, multipart part) of the newest frame; (0, None) before the first."""
+        with self._lock:
+            return self._seq, self._part
 
     def jpeg(self) -> bytes | None:
         """The newest JPEG on its own (for /snapshot.jpg)."""
-        with self._cond:
+        with self._lock:
             part, start = self._part, self._header_len
         return None if part is None else part[start:-2]
 
-    def wait(self, after: int, timeout: float) -> tuple[int, bytes] | None:
-        """(seq, multipart part) of a frame newer than ``after``; None on timeout or close."""
-        with self._cond:
-            if self._seq <= after and not self._closed:
-                self._cond.wait_for(lambda: self._seq > after or self._closed, timeout)
-            if self._closed or self._seq <= after or self._part is None:
-                return None
-            return self._seq, self._part
 
-    def close(self) -> None:
-        """End the stream: waiting viewers return at once."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+class _Client:
+    """One viewer of the pump: its socket and the part it is in the middle of sending."""
+
+    __slots__ = ("last", "offset", "pending", "progress", "seq", "sock", "writing")
+
+    def __init__(self, sock: socket.socket, last: int) -> None:
+        self.sock = sock
+        self.last = last  # seq of the last frame sent in full
+        self.seq = 0
+        self.pending: memoryview | None = None
+        self.offset = 0
+        self.progress = time.monotonic()
+        self.writing = False  # registered for EVENT_WRITE too
+
+
+class StreamPump:
+    """One thread that sends the newest frame to every viewer that can take it (selectors,
+    non-blocking sockets); viewers that stop reading are dropped after ``send_timeout``."""
+
+    def __init__(self, broadcast: Broadcast, viewers: Viewers, send_timeout: float) -> None:
+        self.broadcast = broadcast
+        self.viewers = viewers
+        self.send_timeout = send_timeout
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._adopted: list[socket.socket] = []
+        self._owned: set[socket.socket] = set()
+        self._clients: dict[socket.socket, _Client] = {}
+        self._closed = False
+        broadcast.listeners.append(self.wake)
+        self._thread = threading.Thread(target=self._run, name="carvis-mjpeg-pump",
+                                        daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Make the pump look at the newest frame and new viewers now."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is already pending) or closed
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Take over a viewer's socket once the stream's HTTP headers are sent."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        with self._lock:
+            self._owned.add(sock)
+            self._adopted.append(sock)
+        self.viewers.add()
+        self.wake()
+
+    def owns(self, sock: object) -> bool:
+        """True for a socket the pump has taken over (the HTTP server must not close it)."""
+        return sock in self._owned
+
+    def _run(self) -> None:
+        while not self._closed:
+            for key, mask in self._sel.select(0.25):
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                client: _Client = key.data
+                if mask & selectors.EVENT_READ and not self._peer_alive(client):
+                    continue
+                if mask & selectors.EVENT_WRITE:
+                    self._send(client)
+            with self._lock:
+                adopted, self._adopted = self._adopted, []
+            seq, part = self.broadcast.latest()
+            for sock in adopted:
+                client = _Client(sock, max(0, seq - 1))  # starts with the newest frame
+                self._clients[sock] = client
+                self._sel.register(sock, selectors.EVENT_READ, client)
+            now = time.monotonic()
+            for client in list(self._clients.values()):
+                if client.pending is None:
+                    if part is not None and seq > client.last:
+                        client.seq, client.pending, client.offset = seq, memoryview(part), 0
+                        self._send(client)
+                elif now - client.progress > self.send_timeout:
+                    self._drop(client, stalled=True)
+        for client in list(self._clients.values()):
+            self._drop(client, stalled=False)
+
+    def _peer_alive(self, client: _Client) -> bool:
+        """Read (and discard) what a viewer sends; drop it if it has hung up."""
+        try:
+            if self._clients.get(client.sock) is client and client.sock.recv(4096):
+                return True
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        self._drop(client, stalled=False)
+        return False
+
+    def _send(self, client: _Client) -> None:
+        if self._clients.get(client.sock) is not client or client.pending is None:
+            return
+        try:
+            sent = client.sock.send(client.pending[client.offset:])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop(client, stalled=False)
+            return
+        if sent:
+            client.offset += sent
+            client.progress = time.monotonic()
+        writing = client.offset < len(client.pending)
+        if writing != client.writing:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+            self._sel.modify(client.sock, events, client)
+            client.writing = writing
+        if not writing:
+            self.viewers.sent_one(client.seq - client.last - 1 if client.last else 0)
+            client.last, client.pending = client.seq, None
+
+    def _drop(self, client: _Client, stalled: bool) -> None:
+        if self._clients.pop(client.sock, None) is None:
+            return
+        self._sel.unregister(client.sock)
+        with contextlib.suppress(OSError):
+            client.sock.shutdown(socket.SHUT_RDWR)
+        client.sock.close()
+        with self._lock:
+            self._owned.discard(client.sock)
+        self.viewers.remove(stalled)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop sending and hang up on every viewer."""
+        self._closed = True
+        self.wake()
+        self._thread.join(timeout)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 class JpegEncoder(Sink):
@@ -157,6 +291,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     owner: MjpegServer
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        """Leave stream sockets open: the pump has taken them over."""
+        if not self.owner.pump.owns(request):
+            super().shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -245,8 +384,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, result)
 
     def _stream(self) -> None:
-        owner = self.server.owner
-        broadcast = owner.broadcast
         self.send_response(200)
         self.send_header("Content-Type",
                          f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
@@ -255,32 +392,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.flush()
-        sock: socket.socket = self.connection
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # The whole part must be taken within this time, or the viewer has stopped reading.
-        sock.settimeout(owner.send_timeout)
-        viewers = owner.viewers
-        viewers.add()
-        dropped = False
-        last = max(0, broadcast.seq - 1)  # start with the newest frame
-        try:
-            while not owner.closing:
-                got = broadcast.wait(last, 0.5)
-                if got is None:
-                    if broadcast.closed:
-                        break
-                    continue
-                seq, part = got
-                sock.sendall(part)
-                viewers.sent_one(seq - last - 1 if last else 0)
-                last = seq
-        except TimeoutError:
-            dropped = True
-        except OSError:
-            pass  # the viewer went away
-        finally:
-            viewers.remove(dropped)
-            self.close_connection = True
+        self.close_connection = True
+        self.server.owner.pump.adopt(self.connection)
 
 
 class MjpegServer:
@@ -296,6 +409,7 @@ class MjpegServer:
         self.send_timeout = float(send_timeout)
         self.page = load_page()
         self.closing = False
+        self.pump = StreamPump(self.broadcast, self.viewers, self.send_timeout)
         self._stats = stats or controller.stats
         try:
             self._server = _Server((host, port), _Handler)
@@ -328,10 +442,10 @@ class MjpegServer:
         if self.closing:
             return
         self.closing = True
-        self.broadcast.close()
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
+        self.pump.close()
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
