@@ -71,3 +71,23 @@ def seed_overlay(frame: np.ndarray, weights: dict, channel: int = 1, threshold: 
     _, mask = cv2.threshold(up8, threshold, 255, cv2.THRESH_BINARY)
     colored = cv2.applyColorMap(up8, colormap)
     return cv2.add(cv2.bitwise_and(colored, colored, mask=mask), roi)
+
+
+def conv_outputs(weights: dict, model_input: np.ndarray) -> list[np.ndarray]:
+    """Post-ReLU outputs of the four conv layers (pool after each; dropout is identity)."""
+    x = model_input.astype(np.float64)
+    outs = []
+    for k in range(1, 5):
+        x = conv_same_relu(x, *weights[f"convolution2d_{k}"])
+        outs.append(x)
+        x = maxpool2(x)
+    return outs
+
+
+def predict(weights: dict, model_input: np.ndarray) -> np.ndarray:
+    """The 5 steering-bin probabilities: convs, flatten, dense → ReLU → dense → softmax."""
+    x = maxpool2(conv_outputs(weights, model_input)[-1]).reshape(-1)
+    h = np.maximum(x @ weights["dense_1"][0] + weights["dense_1"][1], 0.0)
+    z = h @ weights["dense_2"][0] + weights["dense_2"][1]
+    e = np.exp(z - z.max())
+    return e / e.sum()
