@@ -49,7 +49,18 @@ GENERIC: dict[str, Any] = {
     "output": "frame",
     "output_size": None,
     "camera": {"size": [1280, 720], "fps": 30, "hflip": False, "vflip": False, "rotate": 0},
+    # What the map shows (carvis.explain): the mode, its steering target, SmoothGrad [N, SIGMA]
+    # for saliency/guided; the view (overlay or a grid of the layer's channels); the model's
+    # steering drawn on the frame; the raw frame side by side with the result.
+    "mode": "activation",
+    "target": "predicted",
+    "smoothgrad": None,
+    "view": "overlay",
+    "hud": False,
+    "compare": False,
 }
+
+VIEWS = ("overlay", "grid")
 
 
 @dataclasses.dataclass
@@ -102,6 +113,12 @@ class Profile:
     output_size: tuple[int, int] | None
     camera: dict[str, Any]
     source: str = "<built-in>"
+    mode: str = "activation"
+    target: str = "predicted"
+    smoothgrad: tuple[int, float] | None = None
+    view: str = "overlay"
+    hud: bool = False
+    compare: bool = False
 
     def replace(self, **changes: Any) -> Profile:
         """A copy with some values changed, validated like the file's."""
@@ -141,6 +158,12 @@ class Profile:
             "output": self.output,
             "output_size": list(self.output_size) if self.output_size else None,
             "camera": dict(self.camera),
+            "mode": self.mode,
+            "target": self.target,
+            "smoothgrad": list(self.smoothgrad) if self.smoothgrad else None,
+            "view": self.view,
+            "hud": self.hud,
+            "compare": self.compare,
         }
 
 
@@ -285,6 +308,7 @@ def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | N
         channel = parse_channel(d["channel"])
     except CarvisError as exc:
         raise CarvisError(f"{source}: {exc}") from None
+    explained = _explain_keys(source, d)
     return Profile(
         name=str(d["name"]),
         model=model,
@@ -308,7 +332,45 @@ def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | N
         output_size=_size(source, "output_size", d["output_size"]),
         camera={**cam, "size": list(cam_size) if cam_size else None},
         source=source,
+        **explained,
     )
+
+
+def parse_smoothgrad(value: Any) -> tuple[int, float] | None:
+    """SmoothGrad as (N, SIGMA) from [N, SIGMA] or "N,SIGMA"; None or 0 copies: off."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    allowed = ("expected [N, SIGMA] or N,SIGMA: N noisy copies 0..256, SIGMA 0..1 "
+               "(a fraction of the input's value range)")
+    try:
+        n, sigma = value
+        n_int, sigma_f = int(n), float(sigma)
+        whole = n_int == float(n)
+    except (TypeError, ValueError):
+        raise CarvisError(f"smoothgrad {value!r} is not valid; {allowed}") from None
+    if isinstance(n, bool) or isinstance(sigma, bool) or not whole or not 0 <= n_int <= 256 \
+            or not 0.0 <= sigma_f <= 1.0:
+        raise CarvisError(f"smoothgrad {value!r} is not valid; {allowed}")
+    return (n_int, sigma_f) if n_int else None
+
+
+def _explain_keys(source: str, d: dict[str, Any]) -> dict[str, Any]:
+    """mode, target, smoothgrad, view, hud, compare: checked."""
+    from carvis.explain import MODES, parse_target
+
+    try:
+        target = parse_target(d["target"])
+        smoothgrad = parse_smoothgrad(d["smoothgrad"])
+    except CarvisError as exc:
+        raise CarvisError(f"{source}: {exc}") from None
+    for flag in ("hud", "compare"):
+        if not isinstance(d[flag], bool):
+            raise _fail(source, flag, d[flag], "expected true or false")
+    return {"mode": _choice(source, "mode", d["mode"], MODES), "target": target,
+            "smoothgrad": smoothgrad, "view": _choice(source, "view", d["view"], VIEWS),
+            "hud": d["hud"], "compare": d["compare"]}
 
 
 def load(path: str | Path) -> Profile:
