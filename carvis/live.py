@@ -218,6 +218,9 @@ class Controls:
         values = validate_settings(changes)
         if not self.runner.running:
             raise Busy("the pipeline is not running")
+        if "layer" in values:
+            # Built here, in the asking thread: the loop only switches to a ready backend.
+            values["layer"] = self.runner.prepare_layer(values["layer"])
         change = self.submit(lambda: self.runner.apply_settings(values))
         if not change.done.wait(self.timeout):
             raise Busy(f"the pipeline did not take the change within {self.timeout:g} s")
@@ -300,6 +303,9 @@ class LiveRunner:
         self._record_names = self._record_name_iter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._prepare_lock = threading.Lock()
+        self._preparing: threading.Thread | None = None
+        self._warm = {renderer.backend.layer_name}
         self.server = None
         self.encoder = None
         self._open_sinks()
@@ -431,10 +437,15 @@ class LiveRunner:
     def handle_key(self, key: int) -> None:
         """A key press in the display window (display thread): queue what it asks for."""
         ch = chr(key) if 0 <= key < 256 else ""
+        r = self.renderer
         if ch in ("q", "Q", "\x1b"):
             self.stop()
             return
-        r = self.renderer
+        if ch == "l":
+            name = r.backend.layer_name
+            i = self.layers.index(name) if name in self.layers else -1
+            self._switch_layer_soon(self.layers[(i + 1) % len(self.layers)])
+            return
 
         def step(delta: float) -> Callable[[], None]:
             def apply() -> None:
@@ -446,11 +457,6 @@ class LiveRunner:
             r.set_channel(cycle[(cycle.index(r.channel) + 1) % len(cycle)]
                           if r.channel in cycle else 0)
 
-        def next_layer() -> None:
-            name = r.backend.layer_name
-            i = self.layers.index(name) if name in self.layers else -1
-            self.apply_settings({"layer": self.layers[(i + 1) % len(self.layers)]})
-
         def toggle_overlay() -> None:
             r.enabled = not r.enabled
 
@@ -460,22 +466,49 @@ class LiveRunner:
         actions: dict[str, Callable[[], None]] = {
             "+": step(THRESHOLD_STEP), "=": step(THRESHOLD_STEP),
             "-": step(-THRESHOLD_STEP), "_": step(-THRESHOLD_STEP),
-            "c": next_channel, "l": next_layer, "o": toggle_overlay, "r": toggle_recording,
+            "c": next_channel, "o": toggle_overlay, "r": toggle_recording,
             "s": self.snapshot,
         }
         if ch in actions:
-            action = actions[ch]
-
-            def report() -> None:
-                try:
-                    action()
-                except CarvisError as exc:
-                    self._say(str(exc))
-
             try:
-                self.controls.submit(report)
+                self.controls.submit(lambda: self._report(actions[ch]))
             except Busy as exc:
                 self._say(str(exc))
+
+    def prepare_layer(self, spec: str | int) -> str:
+        """Build (and warm up) the backend for a layer outside the loop; its name.
+
+        A first build can take seconds (a TensorFlow import, a LiteRT conversion); the loop
+        keeps running meanwhile and then switches between two frames.
+        """
+        with self._prepare_lock:
+            backend = self.renderer.session.backend(spec)
+            if len(backend.output_shape) == 3 and backend.layer_name not in self._warm:
+                backend(np.zeros((1, *backend.input_shape), np.float32))
+                self._warm.add(backend.layer_name)
+            return backend.layer_name
+
+    def _switch_layer_soon(self, name: str) -> None:
+        """Prepare a layer in a helper thread, then switch to it (for the 'l' key)."""
+        if self._preparing is not None and self._preparing.is_alive():
+            self._say("still preparing the previous layer")
+            return
+
+        def work() -> None:
+            try:
+                self.prepare_layer(name)
+                self.controls.submit(lambda: self._report(self.apply_settings, {"layer": name}))
+            except CarvisError as exc:
+                self._say(str(exc))
+
+        self._preparing = threading.Thread(target=work, name="carvis-prepare", daemon=True)
+        self._preparing.start()
+
+    def _report(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except CarvisError as exc:
+            self._say(str(exc))
 
     def snapshot(self) -> Path | None:
         """Save the newest composed frame as a PNG; its path (None before the first frame)."""

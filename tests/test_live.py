@@ -454,3 +454,39 @@ def test_ctrl_c_stops_run_cleanly_and_the_recording_is_complete(model, tmp_path)
          "stream=codec_name,width,height,nb_read_frames", "-of", "csv=p=0", str(out)],
         capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == f"mjpeg,320,240,{written}"
+
+
+def test_a_slow_layer_build_happens_beside_the_loop_which_keeps_running(model, monkeypatch):
+    source = fakes.StillSource(fakes.test_image(), fps=60)
+    runner = _runner(model, source).start()
+    session = runner.renderer.session
+    release = threading.Event()
+    building = threading.Event()
+    real_backend = session.backend
+
+    def slow_backend(spec):
+        if threading.current_thread().name != "carvis-live":
+            building.set()
+            release.wait(10)  # a first TensorFlow import or LiteRT conversion
+        return real_backend(spec)
+
+    monkeypatch.setattr(session, "backend", slow_backend)
+    try:
+        fakes.wait_until(lambda: runner.controls.settings(), what="first frames")
+        other = next(n for n in runner.layers if n != runner.renderer.backend.layer_name)
+        result: list[dict] = []
+        asker = threading.Thread(target=lambda: result.append(
+            runner.controls.change({"layer": other})))
+        asker.start()
+        fakes.wait_until(building.is_set, what="the build to start")
+        done = runner.processed
+        fakes.wait_until(lambda: runner.processed >= done + 5, what="frames during the build")
+        assert runner.renderer.backend.layer_name != other
+        release.set()
+        asker.join(10)
+        assert result and result[0]["layer"] == other
+    finally:
+        release.set()
+        runner.stop()
+        source.close()
+    runner.join(5)
