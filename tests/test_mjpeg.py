@@ -268,3 +268,30 @@ def test_stream_over_urllib_is_multipart_jpeg(served):
         length = int(resp.readline().split(b":")[1])
         assert resp.readline() == b"\r\n"
         assert fakes.decode(resp.read(length)) is not None
+
+
+def test_viewers_that_come_and_go_leave_nothing_behind(served):
+    import socket
+    import threading
+
+    s = served()
+    fakes.wait_until(lambda: s.runner.processed >= 2, what="first frames")
+    threads = threading.active_count()
+    keep = fakes.Viewer(s.host, s.port)
+    for i in range(40):
+        v = fakes.Viewer(s.host, s.port, stall=i % 3 == 0)
+        if i % 3 and i % 2:
+            fakes.wait_until(lambda v=v: v.frames >= 1, what="a frame")
+        v.close()
+    # A client that hangs up mid-request, before the stream starts.
+    with socket.create_connection((s.host, s.port)) as raw:
+        raw.sendall(b"GET /stream.mjpg HTTP/1.1\r\n")
+    fakes.wait_until(lambda: s.server.viewers.active == 1, what="only one viewer left")
+    pump = s.server.pump
+    assert len(pump._clients) == 1 and len(pump._owned) == 1
+    fakes.wait_until(lambda: threading.active_count() <= threads + 1, what="threads to end")
+    got = keep.frames
+    fakes.wait_until(lambda: keep.frames >= got + 5, what="the remaining viewer goes on")
+    keep.close()
+    fakes.wait_until(lambda: s.server.viewers.active == 0, what="no viewer left")
+    assert s.server.viewers.total >= 41
