@@ -348,6 +348,29 @@ class AxisOp:
     pad: int = 0
     repeat: int = 1
 
+    def adjoint(self, y: np.ndarray) -> np.ndarray:
+        """The all-ones transposed convolution along axis 0: n_out rows → n_in rows.
+
+        Strided slice additions, no BLAS (a BLAS thread pool on a busy 2-core car costs
+        more than the whole map)."""
+        if self.repeat > 1:  # nearest upsampling's adjoint: sum each block of rows
+            n = -(-y.shape[0] // self.repeat)
+            if n * self.repeat != y.shape[0]:
+                y = np.concatenate([y, np.zeros((n * self.repeat - y.shape[0],) + y.shape[1:],
+                                                y.dtype)])
+            y = y.reshape((n, self.repeat) + y.shape[1:]).sum(axis=1)
+        n = y.shape[0]
+        length = (n - 1) * self.stride + (self.size - 1) * self.dilation + 1
+        buf = np.zeros((length,) + y.shape[1:], np.float32)
+        for j in range(self.size):
+            start = j * self.dilation
+            buf[start:start + (n - 1) * self.stride + 1:self.stride] += y
+        out = np.zeros((self.n_in,) + y.shape[1:], np.float32)
+        lo, hi = max(0, -self.pad), min(self.n_in, length - self.pad)
+        if hi > lo:
+            out[lo:hi] = buf[lo + self.pad:hi + self.pad]
+        return out
+
     def matrix(self) -> np.ndarray:
         """The forward 0/1 reading pattern, shape (n_out, n_in), as float64 counts."""
         m = np.zeros((self.n_out, self.n_in), np.float64)
@@ -442,22 +465,19 @@ class VBPPlan:
     steps: tuple[tuple[tuple[AxisOp, AxisOp], ...], ...]  # steps[j]: layers into tap j
 
     def __post_init__(self) -> None:
-        self._mats: list[tuple[np.ndarray, np.ndarray]] = []
         prev = self.input_hw
         for j, segment in enumerate(self.steps):
-            rows = np.eye(prev[0])
-            cols = np.eye(prev[1])
+            hw = prev
             for r, c in segment:
-                rows = r.matrix() @ rows
-                cols = c.matrix() @ cols
-            if rows.shape[0] != self.tap_hw[j][0] or cols.shape[0] != self.tap_hw[j][1]:
+                if (r.n_in, c.n_in) != hw:
+                    raise CarvisError(f"vbp plan: a step into {self.taps[j]!r} reads "
+                                      f"{r.n_in}x{c.n_in}, but gets {hw[0]}x{hw[1]}")
+                hw = (r.n_out, c.n_out)
+            if hw != tuple(self.tap_hw[j]):
                 raise CarvisError(f"vbp plan: segment into {self.taps[j]!r} gives "
-                                  f"{rows.shape[0]}x{cols.shape[0]}, expected "
+                                  f"{hw[0]}x{hw[1]}, expected "
                                   f"{self.tap_hw[j][0]}x{self.tap_hw[j][1]}")
-            # The transposed convolution is the adjoint of the forward reading pattern.
-            self._mats.append((np.ascontiguousarray(rows.T, np.float32),
-                               np.ascontiguousarray(cols, np.float32)))
-            prev = self.tap_hw[j]
+            prev = tuple(self.tap_hw[j])
 
     def backproject(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """VisualBackProp map at the input size (raw float32) from the taps' activations."""
@@ -467,17 +487,15 @@ class VBPPlan:
             if act.ndim == 4:
                 act = act[0]
             mean = act.mean(axis=-1, dtype=np.float32)
-            x = mean if x is None else np.multiply(self._up(j + 1, x), mean)
-        rows, cols = self._mats[0]
-        return rows @ x @ cols
-
-    def _up(self, j: int, x: np.ndarray) -> np.ndarray:
-        rows, cols = self._mats[j]
-        return rows @ x @ cols
+            x = mean if x is None else np.multiply(self.upsample(j + 1, x), mean)
+        return self.upsample(0, x)
 
     def upsample(self, j: int, x: np.ndarray) -> np.ndarray:
-        """Segment j's transposed convolution: tap j's map → the previous tap's (or input) size."""
-        return self._up(j, x)
+        """Segment j's transposed convolutions: tap j's map → the previous tap's (or the
+        input's) size."""
+        for rows, cols in reversed(self.steps[j]):
+            x = cols.adjoint(rows.adjoint(x).T).T
+        return np.ascontiguousarray(x)
 
     def to_json(self) -> str:
         """The plan as JSON (e.g. to ship with a .tflite)."""
@@ -682,10 +700,11 @@ class LiteRTForward:
         self._flatbuffer = flatbuffer  # the interpreter reads from this buffer: keep it alive
         try:
             self.interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
             runner = self.interpreter.get_signature_runner()
             inputs = runner.get_input_details()
             outputs = runner.get_output_details()
-            self.interpreter.allocate_tensors()
+            del runner  # it holds references to the interpreter's tensors
         except (ValueError, RuntimeError) as exc:
             raise CarvisError(f"{source}: LiteRT cannot load this model "
                               f"({str(exc).strip().splitlines()[0][:160]})") from None
@@ -902,7 +921,7 @@ class VisualBackProp(Explainer):
 def gradcam_map(activation: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ReLU(sum_c w_c A_c), w) with w_c the spatial mean of the gradients; A is (h, w, c)."""
     weights = grads.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
-    cam = np.tensordot(activation, weights, axes=([-1], [0])).astype(np.float32)
+    cam = (activation * weights).sum(axis=-1, dtype=np.float32)  # elementwise: no BLAS pool
     return np.maximum(cam, 0.0), weights
 
 
@@ -995,9 +1014,8 @@ class CAM(Explainer):
 
     def reduce(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         prediction = np.asarray(outputs[PREDICTION])[0]
-        weights = self.kernel @ self.target.coefficients(prediction)
-        return np.tensordot(np.asarray(outputs[self.cam_layer])[0], weights,
-                            axes=([-1], [0])).astype(np.float32)
+        weights = (self.kernel * self.target.coefficients(prediction)).sum(axis=1)
+        return (np.asarray(outputs[self.cam_layer])[0] * weights).sum(axis=-1, dtype=np.float32)
 
 
 def _listed(outputs: Any) -> list[Any]:

@@ -366,3 +366,52 @@ def cache_path(sha256: str, layer_spec: str | int, lambda_policy: str) -> Path:
     """The cache file for (model content, layer spec, lambda policy, export format)."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(layer_spec).strip())[:60] or "_"
     return cache_dir() / f"{sha256[:24]}-{slug}-{lambda_policy}-f{FORMAT}.tflite"
+
+
+# --------------------------------------------------------------------------- several outputs
+
+
+def convert_outputs(model: Any, names: list[str] | tuple[str, ...], meta: LayerMeta | None = None
+                    ) -> bytes:
+    """The model with one output per named layer (its signature keys are the layer names), as a
+    float32 .tflite: what forward-only explainers (vbp, cam) read on LiteRT."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    names = list(dict.fromkeys(names))
+    if len(model.inputs) != 1:
+        raise CarvisError(f"model {model.name!r} has {len(model.inputs)} inputs; "
+                          "carvis export handles single-input models")
+    outputs = [model.get_layer(name).output for name in names]
+    sub = keras.Model(model.inputs[0], outputs, name=f"{model.name}_outputs")
+    shape = (1,) + tuple(int(d) for d in sub.inputs[0].shape[1:])
+
+    def serve(x: Any) -> dict[str, Any]:
+        values = sub(x, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return dict(zip(names, values, strict=True))
+
+    with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, held_stderr() as log:
+        try:
+            archive = keras.export.ExportArchive()
+            archive.track(sub)
+            archive.add_endpoint(name="serving_default", fn=serve, input_signature=[
+                tf.TensorSpec(shape, tf.float32, name=sub.inputs[0].name)])
+            archive.write_out(tmp, verbose=False)
+            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+        except Exception as exc:  # noqa: BLE001 - converter errors are many and deep
+            detail = str(exc).strip().splitlines() or log[-1:] or [type(exc).__name__]
+            raise ConversionError(f"cannot convert layers {', '.join(names)} of model "
+                                  f"{model.name!r} to TFLite ({detail[0][:160]}); use "
+                                  "--backend tensorflow") from None
+    meta = meta or LayerMeta(layer="+".join(names),
+                             input_shape=tuple(int(d) for d in sub.inputs[0].shape[1:]))
+    return with_metadata(flatbuffer, meta)
+
+
+def outputs_cache_path(sha256: str, names: list[str] | tuple[str, ...], lambda_policy: str
+                       ) -> Path:
+    """The cache file of a several-output .tflite (model content, output layers, policy)."""
+    key = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return cache_dir() / f"{sha256[:24]}-outputs-{key}-{lambda_policy}-f{FORMAT}.tflite"

@@ -187,6 +187,19 @@ def test_transposed_ones_loops_match_tensorflow_conv2d_transpose():
         np.testing.assert_allclose(transposed_ones(yy, out_hw, size, stride, pad), ref)
 
 
+@pytest.mark.parametrize("op", [
+    explain.AxisOp(16, 7, size=3, stride=2),                 # valid, loses the last row
+    explain.AxisOp(9, 5, size=3, stride=2, pad=1),           # same, stride 2
+    explain.AxisOp(9, 9, size=3, stride=1, dilation=2, pad=2),
+    explain.AxisOp(6, 9, pad=2),                             # zero padding 2 before, 1 after
+    explain.AxisOp(9, 6, pad=-2),                            # cropping 2 before, 1 after
+    explain.AxisOp(4, 12, repeat=3),                         # nearest upsampling x3
+])
+def test_axis_adjoint_is_the_transposed_reading_pattern(op):
+    y = np.random.default_rng(1).uniform(0, 1, (op.n_out, 5)).astype(np.float32)
+    np.testing.assert_allclose(op.adjoint(y), op.matrix().T @ y, rtol=1e-6)
+
+
 def test_vbp_plan_of_tiny_model_taps_and_shapes(vbp_model):
     plan = explain.vbp_plan(vbp_model)
     assert plan.taps == ("c1", "relu2", "c3")  # the linear conv's tap is its ReLU
