@@ -731,7 +731,7 @@ def run_command(source_spec: str | None, profile: Any, model_path: Path, *, loop
     cam["size"] = parse_size(cam.get("size"))
     options = LiveOptions(display=display, record=record, serve=address, token=token,
                           jpeg_quality=quality)
-    with sources.open_live_source(source_spec, profile.camera, loop=loop, **cam) as source:
+    with sources.open_live_source(source_spec, profile, loop=loop, **cam) as source:
         session = ModelSession(model_path, backend=backend, lambda_policy=lambda_policy)
         renderer = pipeline.Renderer(session, profile)
         runner = LiveRunner(source, renderer, options)

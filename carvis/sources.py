@@ -429,15 +429,16 @@ def default_live_spec() -> str:
     return "picamera" if running_on_pi() else "0"
 
 
-def open_live_source(spec: str | None, camera: dict | None = None, *, loop: bool = False,
+def open_live_source(spec: str | None, profile: object = None, *, loop: bool = False,
                      **overrides: object) -> Source:
     """Open a source for live mode: picamera, a camera index, a URL, a file or synthetic.
 
-    ``camera`` is the profile's ``camera:`` section; ``overrides`` (size, fps, hflip, vflip,
-    rotate) are flags that win over it. File sources are returned as they are; the capture
-    thread paces them at their own fps.
+    ``profile`` is a Profile (its ``camera:`` section is used) or that section as a dict;
+    ``overrides`` (size, fps, hflip, vflip, rotate) are flags that win over it. File sources
+    are returned as they are; the capture thread paces them at their own fps.
     """
     spec = default_live_spec() if spec is None else str(spec).strip()
+    camera = profile if isinstance(profile, dict) or profile is None else profile.camera
     settings = CameraSettings.from_profile(camera, **overrides)
     if spec == "picamera" or spec.startswith("picamera:"):
         num = spec.partition(":")[2] or "0"
