@@ -25,6 +25,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
                    default="error", help="what to do with a Lambda layer carvis cannot rebuild "
                    "(identity: skip it; do its scaling in the profile)")
+    _add_mode_args(p)
+
+
+def _add_mode_args(p: argparse.ArgumentParser) -> None:
+    from carvis.explain import MODES, TARGETS
+
+    g = p.add_argument_group("what the map shows (override the profile)")
+    g.add_argument("--mode", choices=MODES, help="activation: the layer's channel (default); "
+                   "vbp: VisualBackProp; gradcam, saliency, guided, guided-gradcam, cam "
+                   "(gradient modes need --backend tensorflow or auto)")
+    g.add_argument("--target", help=f"what the map explains: {', '.join(TARGETS)}, bin:K, "
+                   "layer (mean of --layer) or layer:L (default: predicted)")
+    g.add_argument("--smoothgrad", metavar="N,SIGMA", help="saliency/guided: average N noisy "
+                   "copies, noise SIGMA x the input's value range (e.g. 16,0.15)")
+    g.add_argument("--view", choices=("overlay", "grid"),
+                   help="overlay on the frame, or a grid of all the layer's channels")
+    g.add_argument("--hud", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the model's steering on the frame")
+    g.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                   help="the raw frame and the result side by side")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rotate clockwise by degrees")
     _add_model_args(ru)
 
+    ins = sub.add_parser("inspect", help="one frame: a layer's channels as a grid + the first "
+                         "layer's filters, as a PNG",
+                         description="All channels of a layer for one frame, tiled with labels, "
+                         "and the first conv layer's filters as images below.")
+    ins.add_argument("model", help="model file (.h5, .keras, or a .tflite: its one layer)")
+    ins.add_argument("frame", help="an image file (JPEG, PNG) from the car's camera")
+    ins.add_argument("-o", "--output", required=True, help="OUT.png (or .jpg)")
+    ins.add_argument("--profile", "-p", help="YAML profile for the preprocessing and the layer "
+                     "(default: a generic one)")
+    ins.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N")
+    ins.add_argument("--colormap", help="OpenCV colormap name (default: the profile's)")
+    ins.add_argument("--backend", choices=("auto", "tensorflow", "litert"), default="auto")
+    ins.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
+                     default="error")
+
     la = sub.add_parser("layers", help="list a model's layers (conv layers marked)")
     la.add_argument("model", help="model file (.h5, .keras)")
     la.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
@@ -89,6 +124,8 @@ def resolve_profile(args: argparse.Namespace):
         raise CarvisError(f"profile {p.source!r} names no model; pass --model PATH")
     changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
                "colormap": args.colormap}
+    changes.update({key: getattr(args, key, None) for key in
+                    ("mode", "target", "smoothgrad", "view", "hud", "compare")})
     p = p.replace(**{k: v for k, v in changes.items() if v is not None})
     return p, model
 
@@ -161,6 +198,24 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"render": cmd_render, "layers": cmd_layers, "run": cmd_run}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from carvis import inspection
+    from carvis import profile as prof
+    from carvis.extractor import ModelSession
+
+    p = prof.load(args.profile) if args.profile else prof.generic()
+    p = p.replace(layer=args.layer, colormap=args.colormap)
+    frame = inspection.read_frame(args.frame)
+    session = ModelSession(args.model, backend=args.backend, lambda_policy=args.lambda_policy)
+    image = inspection.inspect_frame(session, frame, p)
+    inspection.write_png(args.output, image)
+    print(f"carvis: wrote {args.output} ({image.shape[1]}x{image.shape[0]})", file=sys.stderr)
+    return 0
+
+
+COMMANDS["inspect"] = cmd_inspect
 
 
 def main(argv: list[str] | None = None) -> int:

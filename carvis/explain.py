@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import cv2
@@ -745,9 +745,11 @@ def require_tensorflow(mode: str, backend: str) -> None:
 class Explainer:
     """Base of the modes: builds the multi-output graph once, runs it per frame.
 
-    Subclasses set ``layers_needed`` / ``wrt`` / ``guided`` and override :meth:`reduce`.
-    ``forward`` replaces the built TensorFlow graph for forward-only modes (e.g. a
-    multi-output LiteRT model returning ``output_layers`` and ``'@prediction'``).
+    Subclasses set ``wrt`` / ``guided`` / ``uses_target`` and override :meth:`reduce` (and
+    :meth:`_output_layers` when they read layers of their own choosing). ``forward`` replaces
+    the built TensorFlow graph for forward-only modes (e.g. a multi-output LiteRT model
+    returning ``output_layers`` and ``'@prediction'``); ``forward_factory(output_layers,
+    steering_layer)`` builds one once the explainer knows which layers it needs.
     """
 
     mode: ClassVar[str] = ""
@@ -758,7 +760,9 @@ class Explainer:
     def __init__(self, model: Any, *, layer: str | int | None = None,
                  channel: int | str = "mean", target: str | Target | None = None,
                  smoothgrad: tuple[int, float] | None = None,
-                 forward: Forward | None = None, seed: int = 0) -> None:
+                 forward: Forward | None = None,
+                 forward_factory: Callable[[tuple[str, ...], str], Forward] | None = None,
+                 seed: int = 0) -> None:
         self.model = model
         self.head = steering_head(model)
         self.channel = channel
@@ -777,9 +781,11 @@ class Explainer:
         self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         self.batch_size = 1 + self.smooth_n
         self.output_layers = self._output_layers()
-        if forward is not None and self.wrt:
+        if (forward is not None or forward_factory is not None) and self.wrt:
             raise CarvisError(f"mode {self.mode!r} needs gradients; it runs on the TensorFlow "
                               "backend only (--backend tensorflow)")
+        if forward is None and forward_factory is not None:
+            forward = forward_factory(self.output_layers, self.head.layer)
         self._forward = forward if forward is not None else self._build()
         self._big = np.empty((self.batch_size,) + self.input_shape, np.float32)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from carvis import explain
 from carvis import overlay as ov
 from carvis.errors import CarvisError
 from carvis.pipeline import Renderer
@@ -33,7 +34,8 @@ from carvis.profile import parse_channel, parse_layer
 from carvis.sinks.threaded import SinkWorker, percentile_ms
 from carvis.sources import Frame, Source
 
-SETTINGS = ("threshold", "channel", "layer", "colormap", "overlay", "recording")
+SETTINGS = ("threshold", "channel", "layer", "colormap", "overlay", "recording",
+            "mode", "target", "view", "hud", "compare")
 THRESHOLD_STEP = 5.0
 
 
@@ -161,7 +163,7 @@ def validate_settings(changes: Any) -> dict[str, Any]:
                     or not np.isfinite(value) or not 0 <= value <= 255:
                 raise CarvisError(f"threshold {value!r} is not valid; allowed range 0..255")
             out[key] = float(value)
-        elif key in ("overlay", "recording"):
+        elif key in ("overlay", "recording", "hud", "compare"):
             if not isinstance(value, bool):
                 raise CarvisError(f"{key} {value!r} is not valid; expected true or false")
             out[key] = value
@@ -175,6 +177,13 @@ def validate_settings(changes: Any) -> dict[str, Any]:
                 raise CarvisError(f"channel {value!r} is not valid; give an index, "
                                   "'mean' or 'max'")
             out[key] = parse_channel(value)
+        elif key in ("mode", "target", "view"):
+            if not isinstance(value, str):
+                raise CarvisError(f"{key} {value!r} is not valid; expected a name")
+            if key == "view" and value.strip().lower() not in ("overlay", "grid"):
+                raise CarvisError(f"view {value!r} is not valid; choose one of: overlay, grid")
+            out[key] = (explain.parse_mode(value) if key == "mode" else
+                        explain.parse_target(value) if key == "target" else value.strip().lower())
         else:
             if not isinstance(value, (int, str)):
                 raise CarvisError(f"layer {value!r} is not valid; give a name, an index "
@@ -221,6 +230,8 @@ class Controls:
         if "layer" in values:
             # Built here, in the asking thread: the loop only switches to a ready backend.
             values["layer"] = self.runner.prepare_layer(values["layer"])
+        if {"mode", "target", "layer", "hud"} & values.keys():
+            self.runner.prepare_mode(values)  # a mode's first build can take seconds too
         change = self.submit(lambda: self.runner.apply_settings(values))
         if not change.done.wait(self.timeout):
             raise Busy(f"the pipeline did not take the change within {self.timeout:g} s")
@@ -404,8 +415,15 @@ class LiveRunner:
             "overlay": r.enabled,
             "recording": self.recording,
             "record_path": self.record_paths[-1] if self.record_paths else None,
+            "mode": r.mode,
+            "target": r.target,
+            "view": r.view,
+            "hud": r.hud,
+            "compare": r.compare,
             "choices": {"layers": list(self.layers), "channels": r.channels,
-                        "colormaps": sorted(ov.COLORMAPS), "threshold": [0, 255]},
+                        "colormaps": sorted(ov.COLORMAPS), "threshold": [0, 255],
+                        "modes": list(explain.MODES), "targets": list(explain.TARGETS),
+                        "views": ["overlay", "grid"]},
         }
 
     def apply_settings(self, values: dict[str, Any]) -> None:
@@ -420,6 +438,10 @@ class LiveRunner:
                     self.layers.append(name)
             if "channel" in values:
                 r.set_channel(values["channel"])
+            if "mode" in values or "target" in values:
+                r.set_mode(values.get("mode", r.mode), values.get("target"))
+            if "hud" in values:
+                r.set_hud(values["hud"])
             if "recording" in values:
                 self.set_recording(values["recording"])
         except CarvisError:
@@ -433,6 +455,10 @@ class LiveRunner:
             r.overlay.colormap = values["colormap"]
         if "overlay" in values:
             r.enabled = values["overlay"]
+        if "view" in values:
+            r.view = values["view"]
+        if "compare" in values:
+            r.compare = values["compare"]
 
     def handle_key(self, key: int) -> None:
         """A key press in the display window (display thread): queue what it asks for."""
@@ -487,6 +513,13 @@ class LiveRunner:
                 backend(np.zeros((1, *backend.input_shape), np.float32))
                 self._warm.add(backend.layer_name)
             return backend.layer_name
+
+    def prepare_mode(self, values: dict[str, Any]) -> None:
+        """Build the explainer a settings change asks for outside the loop (a graph trace or a
+        LiteRT conversion takes seconds); the loop then only switches to it."""
+        with self._prepare_lock:
+            self.renderer.prepare_explainer(values.get("mode"), values.get("target"),
+                                            values.get("layer"), values.get("hud"))
 
     def _switch_layer_soon(self, name: str) -> None:
         """Prepare a layer in a helper thread, then switch to it (for the 'l' key)."""

@@ -340,6 +340,7 @@ def parse_smoothgrad(value: Any) -> tuple[int, float] | None:
     """SmoothGrad as (N, SIGMA) from [N, SIGMA] or "N,SIGMA"; None or 0 copies: off."""
     if value is None:
         return None
+    raw = value
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",")]
     allowed = ("expected [N, SIGMA] or N,SIGMA: N noisy copies 0..256, SIGMA 0..1 "
@@ -349,10 +350,10 @@ def parse_smoothgrad(value: Any) -> tuple[int, float] | None:
         n_int, sigma_f = int(n), float(sigma)
         whole = n_int == float(n)
     except (TypeError, ValueError):
-        raise CarvisError(f"smoothgrad {value!r} is not valid; {allowed}") from None
+        raise CarvisError(f"smoothgrad {raw!r} is not valid; {allowed}") from None
     if isinstance(n, bool) or isinstance(sigma, bool) or not whole or not 0 <= n_int <= 256 \
             or not 0.0 <= sigma_f <= 1.0:
-        raise CarvisError(f"smoothgrad {value!r} is not valid; {allowed}")
+        raise CarvisError(f"smoothgrad {raw!r} is not valid; {allowed}")
     return (n_int, sigma_f) if n_int else None
 
 

@@ -285,7 +285,7 @@ class SideBySide:
 def side_by_side(left: np.ndarray, right: np.ndarray, labels: Sequence[str] | None = None,
                  gap: int = 4) -> np.ndarray:
     """Two images next to each other in one new image (see SideBySide)."""
-    return SideBySide(gap, labels)(left, right).copy()
+    return SideBySide(gap, labels)(left, right)
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:

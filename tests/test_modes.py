@@ -1,0 +1,321 @@
+"""Modes in the pipeline: profile keys, the Renderer (activation unchanged, HUD, grid, compare,
+VisualBackProp on LiteRT), the CLI flags, `carvis inspect`, and the live settings."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import fakes
+import numpy as np
+import pytest
+import seed_reference
+from conftest import REPO
+
+from carvis import cli, explain, live, pipeline, views
+from carvis import profile as prof
+from carvis.errors import CarvisError
+from carvis.extractor import ModelSession, litert_available
+from carvis.sinks import Sink
+
+PROFILE = REPO / "models" / "axionaut.yaml"
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def test_profile_mode_keys_default_and_round_trip():
+    p = prof.generic()
+    assert (p.mode, p.target, p.smoothgrad, p.view, p.hud, p.compare) == (
+        "activation", "predicted", None, "overlay", False, False)
+    q = p.replace(mode="vbp", target="left", smoothgrad="16,0.2", view="grid", hud=True,
+                  compare=True)
+    assert (q.mode, q.target, q.smoothgrad, q.view, q.hud, q.compare) == (
+        "vbp", "left", (16, 0.2), "grid", True, True)
+    again = prof.parse(q.to_dict(), source="x")
+    assert again.to_dict() == q.to_dict()
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"mode": "lime"}, "mode = 'lime' is not valid; choose one of: activation, vbp"),
+    ({"view": "tiles"}, "view = 'tiles' is not valid; choose one of: overlay, grid"),
+    ({"hud": "yes"}, "hud = 'yes' is not valid; expected true or false"),
+    ({"compare": 1}, "compare = 1 is not valid; expected true or false"),
+    ({"target": "up"}, "target 'up' is not valid; choose one of: predicted, left"),
+    ({"smoothgrad": [4]}, "smoothgrad [4] is not valid; expected [N, SIGMA]"),
+    ({"smoothgrad": [4, 2.0]}, "smoothgrad [4, 2.0] is not valid"),
+    ({"smoothgrad": [2.5, 0.1]}, "smoothgrad [2.5, 0.1] is not valid"),
+])
+def test_bad_mode_keys_are_one_line_with_the_key(changes, message):
+    with pytest.raises(CarvisError, match=re.escape(message)) as info:
+        prof.parse(changes, source="car.yaml")
+    assert str(info.value).startswith("car.yaml: ") and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- renderer
+
+
+@pytest.fixture(scope="module")
+def tf_session(axionaut_model_path):
+    return ModelSession(axionaut_model_path, backend="tensorflow")
+
+
+@pytest.fixture(scope="module")
+def axionaut_profile():
+    return prof.load(PROFILE)
+
+
+@pytest.fixture(scope="module")
+def frame(axionaut_frames):
+    return cv2.imread(str(axionaut_frames / "frame3556.jpg"))
+
+
+def test_activation_mode_has_no_explainer_and_the_hud_changes_only_its_panel(
+        tf_session, axionaut_profile, frame, axionaut_model_path):
+    plain = pipeline.Renderer(tf_session, axionaut_profile)
+    assert plain.explainer is None  # today's path: the layer's backend alone
+    hud = pipeline.Renderer(tf_session, axionaut_profile.replace(hud=True))
+    a = plain.process(frame.copy()).copy()
+    b = hud.process(frame.copy()).copy()
+    weights = seed_reference.load_weights(axionaut_model_path)
+    x = seed_reference.preprocess(frame).astype(np.float32)
+    np.testing.assert_allclose(hud.prediction, seed_reference.predict(weights, x), atol=1e-5)
+    x0, y0, x1, y1 = views.bar_layout(a.shape, 5).panel
+    outside = np.ones(a.shape[:2], bool)
+    outside[y0:y1 + 1, x0:x1 + 1] = False
+    np.testing.assert_array_equal(a[outside], b[outside])
+    assert (a[~outside] != b[~outside]).any()
+
+
+def test_vbp_mode_overlays_the_vbp_map(tf_session, axionaut_profile, frame):
+    from carvis import overlay as ov
+
+    renderer = pipeline.Renderer(tf_session, axionaut_profile.replace(mode="vbp"))
+    out = renderer.process(frame.copy())
+    roi = frame[600:1080, :1800]
+    x = seed_reference.preprocess(frame).astype(np.float32)[None]
+    amap = explain.make_explainer("vbp", tf_session.model)(x).map
+    expected = ov.overlay(roi, amap, axionaut_profile.threshold, axionaut_profile.colormap)
+    assert out.shape == expected.shape
+    assert np.mean(np.any(out != expected, axis=-1)) < 1e-3
+
+
+def test_grid_view_and_compare(tf_session, axionaut_profile, frame):
+    grid = pipeline.Renderer(tf_session, axionaut_profile.replace(view="grid"))
+    out = grid.process(frame.copy())
+    act = grid.backend(grid.preprocess(grid.preprocess.roi(frame)))
+    expected = views.feature_grid(act, "inferno", title="maxpooling2d_2 (17, 62, 2)")
+    np.testing.assert_array_equal(out, expected)
+    side = pipeline.Renderer(tf_session, axionaut_profile.replace(compare=True))
+    out = side.process(frame.copy())
+    assert out.shape == (480, 1800 + 4 + 1800, 3)
+    raw = frame[600:1080, :1800]
+    assert (out[40:, :1800] == raw[40:]).all(), "left: the raw frame (label at the top)"
+    assert (out[:, 1804:] != raw).any(axis=-1).mean() > 0.02, "right: the overlay"
+
+
+def test_gradient_mode_on_litert_is_refused_before_any_frame(axionaut_model_path,
+                                                             axionaut_profile):
+    if not litert_available():
+        pytest.skip("ai-edge-litert is not installed")
+    session = ModelSession(axionaut_model_path, backend="litert")
+    with pytest.raises(CarvisError, match="mode 'saliency' needs gradients.*--backend "
+                                          "tensorflow") as info:
+        pipeline.Renderer(session, axionaut_profile.replace(mode="saliency"))
+    assert "\n" not in str(info.value)
+
+
+def test_gradient_modes_on_auto_use_tensorflow(axionaut_model_path, axionaut_profile, frame):
+    session = ModelSession(axionaut_model_path, backend="auto")
+    renderer = pipeline.Renderer(session, axionaut_profile.replace(mode="guided",
+                                                                   target="left"))
+    out = renderer.process(frame.copy())
+    assert out.shape == (480, 1800, 3) and renderer.prediction.shape == (5,)
+
+
+def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile, frame,
+                                          tmp_path, monkeypatch):
+    if not litert_available():
+        pytest.skip("ai-edge-litert is not installed")
+    monkeypatch.setenv("CARVIS_CACHE", str(tmp_path))
+    lite = pipeline.Renderer(ModelSession(axionaut_model_path, backend="litert"),
+                             axionaut_profile.replace(mode="vbp"))
+    assert isinstance(lite.explainer._forward, explain.LiteRTForward)
+    assert len(list(tmp_path.glob("*-outputs-*.tflite"))) == 1, "converted once, cached"
+    tf = pipeline.Renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
+                           axionaut_profile.replace(mode="vbp"))
+    batch = lite.preprocess(lite.preprocess.roi(frame)).copy()
+    a, b = lite.explainer(batch), tf.explainer(batch)
+    np.testing.assert_allclose(a.map, b.map, rtol=1e-4, atol=1e-5 * b.map.max())
+    np.testing.assert_allclose(a.prediction, b.prediction, atol=1e-5)
+    from carvis import export
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cached several-output .tflite is used, not converted again")
+
+    monkeypatch.setattr(export, "convert_outputs", no_conversion)
+    again = pipeline.Renderer(ModelSession(axionaut_model_path, backend="litert"),
+                              axionaut_profile.replace(mode="vbp"))
+    np.testing.assert_allclose(again.explainer(batch).map, a.map)
+
+
+def test_a_tflite_model_refuses_modes_that_need_other_layers(tmp_path, axionaut_model_path,
+                                                             axionaut_profile):
+    if not litert_available():
+        pytest.skip("ai-edge-litert is not installed")
+    from carvis import export
+
+    out = tmp_path / "pool2.tflite"
+    export.export(axionaut_model_path, "maxpooling2d_2", out)
+    session = ModelSession(out)
+    with pytest.raises(CarvisError, match="mode 'vbp' needs the Keras model"):
+        pipeline.Renderer(session, axionaut_profile.replace(mode="vbp"))
+    pipeline.Renderer(session, axionaut_profile)  # activation works as before
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_render_modes_with_hud_and_compare(tmp_path, race_clip, axionaut_model_path):
+    out = tmp_path / "vbp"
+    code = cli.main(["render", str(race_clip), "-o", str(out), "--quiet", "--max-frames", "3",
+                     "--model", str(axionaut_model_path), "--profile", str(PROFILE),
+                     "--mode", "vbp", "--hud", "--compare", "--backend", "tensorflow"])
+    assert code == 0
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 3
+    assert cv2.imread(str(files[0])).shape == (480, 3604, 3)
+    out = tmp_path / "sal"
+    code = cli.main(["render", str(race_clip), "-o", str(out), "--quiet", "--max-frames", "2",
+                     "--model", str(axionaut_model_path), "--profile", str(PROFILE),
+                     "--mode", "saliency", "--target", "right", "--smoothgrad", "4,0.1"])
+    assert code == 0 and len(list(out.glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--smoothgrad", "many"], "smoothgrad 'many' is not valid"),
+    (["--target", "upwards"], "target 'upwards' is not valid"),
+    (["--mode", "cam"], "cam needs a head GlobalAveragePooling2D"),
+    (["--mode", "gradcam", "--target", "straight", "--model", "{regression}"],
+     "target 'straight' needs steering bins"),
+])
+def test_cli_bad_mode_flags_are_one_line(tmp_path, capfd, axionaut_model_path, axionaut_frames,
+                                        flags, message):
+    if "{regression}" in flags:
+        flags[flags.index("{regression}")] = str(_regression_model(tmp_path))
+        profile = []
+    else:
+        flags = flags + ["--model", str(axionaut_model_path)]
+        profile = ["--profile", str(PROFILE)]
+    code = cli.main(["render", str(axionaut_frames), "-o", str(tmp_path / "o"), "--quiet",
+                     *profile, "--backend", "tensorflow", *flags])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("carvis: error: ") and message in err[-1]
+
+
+def _regression_model(tmp_path):
+    import keras
+
+    x_in = keras.Input((24, 32, 3))
+    x = keras.layers.Conv2D(2, 3, activation="relu")(x_in)
+    x = keras.layers.Conv2D(2, 3, activation="relu")(x)
+    out = keras.layers.Dense(1, name="angle")(keras.layers.Flatten()(x))
+    path = tmp_path / "reg.keras"
+    keras.Model(x_in, out).save(path)
+    return path
+
+
+def test_cli_inspect_writes_the_grid_and_the_filters(tmp_path, axionaut_model_path,
+                                                     axionaut_frames, tf_session,
+                                                     axionaut_profile):
+    from carvis import inspection
+
+    out = tmp_path / "grid.png"
+    frame_path = axionaut_frames / "frame3556.jpg"
+    code = cli.main(["inspect", str(axionaut_model_path), str(frame_path), "-o", str(out),
+                     "--profile", str(PROFILE), "--layer", "conv:3"])
+    assert code == 0
+    img = cv2.imread(str(out))
+    profile = axionaut_profile.replace(layer="conv:3")
+    expected = inspection.inspect_frame(tf_session, cv2.imread(str(frame_path)), profile)
+    np.testing.assert_array_equal(img, expected)
+    act = tf_session.backend("conv:3")
+    grid = views.feature_grid(act(tf_session_batch(tf_session, profile, frame_path)),
+                              title="convolution2d_3 (17, 62, 4)")
+    np.testing.assert_array_equal(img[:grid.shape[0], :grid.shape[1]], grid)
+    assert img.shape[0] > grid.shape[0] + 40, "the filters are below the grid"
+
+
+def tf_session_batch(session, profile, frame_path):
+    from carvis.extractor import Preprocessor
+
+    pre = Preprocessor(profile, (250, 70), 3)
+    frame = cv2.imread(str(frame_path))
+    return pre(pre.roi(frame))
+
+
+def test_cli_inspect_bad_frame_is_one_line(tmp_path, capfd, axionaut_model_path):
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"not a jpeg")
+    code = cli.main(["inspect", str(axionaut_model_path), str(bad), "-o",
+                     str(tmp_path / "g.png")])
+    assert code == 2
+    assert "OpenCV cannot read this image" in capfd.readouterr().err
+
+
+# --------------------------------------------------------------------------- live settings
+
+
+class _ListSink(Sink):
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+
+    def write(self, image: np.ndarray) -> None:
+        self.images.append(image)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"mode": "lime"}, "mode 'lime' is not one of"),
+    ({"view": "tiles"}, "view 'tiles' is not valid"),
+    ({"hud": "on"}, "hud 'on' is not valid; expected true or false"),
+    ({"target": 3}, "target 3 is not valid"),
+])
+def test_bad_mode_settings_are_refused(changes, message):
+    with pytest.raises(CarvisError, match=re.escape(message)):
+        live.validate_settings(changes)
+
+
+@pytest.mark.slow
+def test_live_settings_switch_mode_view_hud_and_compare(tf_session, axionaut_profile, frame):
+    from carvis.sinks.threaded import SinkWorker
+
+    source = fakes.StillSource(frame, fps=30)
+    renderer = pipeline.Renderer(tf_session, axionaut_profile)
+    runner = live.LiveRunner(source, renderer, live.LiveOptions())
+    sink = _ListSink()
+    runner.sinks["list"] = SinkWorker(sink, "list")
+    runner.start()
+    try:
+        fakes.wait_until(lambda: runner.processed >= 2, what="first frames")
+        now = runner.controls.change({"mode": "vbp", "hud": True})
+        assert (now["mode"], now["hud"]) == ("vbp", True)
+        assert "vbp" in now["choices"]["modes"] and now["choices"]["views"] == ["overlay", "grid"]
+        with pytest.raises(CarvisError, match="cam needs a head"):
+            runner.controls.change({"mode": "cam"})
+        assert runner.controls.settings()["mode"] == "vbp"
+        now = runner.controls.change({"mode": "gradcam", "target": "left", "compare": True})
+        assert (now["mode"], now["target"], now["compare"]) == ("gradcam", "left", True)
+        done = runner.processed
+        fakes.wait_until(lambda: runner.processed > done + 2, what="frames after the change")
+        fakes.wait_until(lambda: sink.images and sink.images[-1].shape[1] == 3604,
+                         what="side-by-side frames")
+        runner.controls.change({"view": "grid", "compare": False})
+        fakes.wait_until(lambda: sink.images[-1].shape[1] < 1000, what="grid frames")
+    finally:
+        runner.stop()
+        source.close()
+    runner.join(5)
