@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 import cv2
@@ -48,6 +51,9 @@ class Renderer:
                                            profile.ema)
         self.enabled = True
         self.times = StageTimes()
+        self._lut_key: tuple[float, str] | None = None
+        self._lut = np.empty((256, 1, 3), np.uint8)
+        self._colored = np.empty((0, 0, 3), np.uint8)
         self.channel: int | str = profile.channel
         self.set_layer(profile.layer)
         self.set_channel(profile.channel)
@@ -230,7 +236,12 @@ class Renderer:
         return ov.select_channel(self.backend(batch), self.channel)
 
     def process(self, image: np.ndarray) -> np.ndarray:
-        """Overlay in place on the frame's ROI; returns the ROI or the whole frame (a view)."""
+        """Overlay in place on the frame's ROI; returns the ROI or the whole frame (a view).
+
+        The frame is written to and the result is a view of it (a new array when the profile
+        sets output_size): the caller hands over the frame and must not reuse its buffer
+        while the result is in use.
+        """
         t0 = time.perf_counter()
         roi = self.preprocess.roi(image)
         batch = self.preprocess(roi)
@@ -239,7 +250,7 @@ class Renderer:
         t2 = time.perf_counter()
         if self.enabled and self.view == "overlay":
             norm = self.normalizer(amap)
-            self.overlay.apply(roi, norm, out=roi)
+            self._compose(roi, norm)
         t3 = time.perf_counter()
         self.times.add("preprocess", t1 - t0)
         self.times.add("model", t2 - t1)
@@ -250,14 +261,175 @@ class Renderer:
             out = cv2.resize(out, self.profile.output_size, interpolation=cv2.INTER_AREA)
         return out
 
+    def _compose(self, roi: np.ndarray, norm: np.ndarray) -> None:
+        """overlay.apply(roi, norm, out=roi), same pixels, two full-size passes fewer.
+
+        Threshold and colormap fold into one 256-entry LUT that is black at and below the
+        threshold: AND-ing the colour with the mask and adding it is then a plain add.
+        """
+        h, w = roi.shape[:2]
+        map8 = self.overlay.map8(norm, (w, h))
+        if self._colored.shape[:2] != (h, w):
+            self._colored = np.empty((h, w, 3), np.uint8)
+        cv2.applyColorMap(map8, self._masked_lut(), dst=self._colored)
+        cv2.add(roi, self._colored, dst=roi)
+
+    def _masked_lut(self) -> np.ndarray:
+        """The colormap LUT with the entries the threshold masks out set to black (cached)."""
+        key = (self.overlay.threshold, self.overlay.colormap)
+        if key != self._lut_key:
+            ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+            keep = ov.threshold_mask(ramp, self.overlay.threshold)
+            lut = ov.colormap_lut(self.overlay.colormap)
+            self._lut = cv2.bitwise_and(lut, lut, mask=keep)
+            self._lut_key = key
+        return self._lut
+
+
+_END = object()
+
+
+class _Failed:
+    """An exception raised in a worker thread, carried to the rendering thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Reader(threading.Thread):
+    """Pulls frames from the source (decoding them) into a bounded queue."""
+
+    def __init__(self, frames: Iterable[Frame], size: int, times: StageTimes) -> None:
+        super().__init__(name="carvis-render-read", daemon=True)
+        self.frames = frames
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.times = times
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        item: object = _END
+        # Frames are drawn on in place and queued. A source that reads each frame into the
+        # same buffer would overwrite frames still queued, so until the second frame shows a
+        # new array (all carvis sources), each frame is handed over as a copy.
+        last: weakref.ref | None = None
+        reuses: bool | None = None
+        try:
+            it = iter(self.frames)
+            while not self.stopping.is_set():
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                if frame is None:
+                    break
+                self.times.add("decode", time.perf_counter() - t0)
+                original = frame.image
+                if reuses is None and last is not None:
+                    previous = last()
+                    reuses = previous is not None and np.may_share_memory(previous, original)
+                if reuses is not False:
+                    frame = dataclasses.replace(frame, image=original.copy())
+                last = weakref.ref(original)
+                if not self._put(frame):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the rendering thread
+            item = _Failed(exc)
+        self._put(item)
+
+    def _put(self, item: object) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self) -> None:
+        """Stop after the frame being read; drop what is queued."""
+        self.stopping.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+
+
+class _Writer(threading.Thread):
+    """Hands processed frames to the sink, in the order queued; keeps the first error."""
+
+    def __init__(self, sink: Sink, size: int, times: StageTimes,
+                 progress: Callable[[int], None] | None) -> None:
+        super().__init__(name="carvis-render-write", daemon=True)
+        self.sink = sink
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.times = times
+        self.progress = progress
+        self.written = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            if self.error is not None:
+                continue  # keep draining so the rendering thread never blocks on put
+            try:
+                t0 = time.perf_counter()
+                self.sink.write(item)
+                self.times.add("write", time.perf_counter() - t0)
+                self.written += 1
+                if self.progress is not None:
+                    self.progress(1)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the rendering thread
+                self.error = exc
+
+    def finish(self) -> None:
+        """Write everything queued so far, then stop."""
+        self.queue.put(_END)
+        self.join()
+
 
 def render(frames: Iterable[Frame], renderer: Renderer, sink: Sink,
-           progress: Callable[[int], None] | None = None) -> int:
-    """Every frame in, one overlay frame out, in order; returns the number written."""
-    written = 0
-    for frame in frames:
-        sink.write(renderer.process(frame.image))
-        written += 1
-        if progress is not None:
-            progress(1)
-    return written
+           progress: Callable[[int], None] | None = None, *, queue_size: int = 3) -> int:
+    """Every frame in, one overlay frame out, in order; returns the number written.
+
+    Three stages overlap: a reader thread pulls frames from the source (it decodes), this
+    thread runs the renderer (in place on each frame's ROI), a writer thread feeds the sink
+    (JPEG encode + write). Queues hold at most queue_size frames each, so memory stays flat;
+    one thread per stage and FIFO queues keep the order. Frames are drawn on in place; a source
+    that reuses one buffer for every frame has its frames copied. On an error or Ctrl-C,
+    frames already rendered are still written before the exception propagates, so the sink,
+    closed by the caller, is complete up to there.
+    """
+    times = renderer.times
+    # The stages are the parallelism: OpenCV's own worker pool on top of them only adds
+    # hand-offs, and a stripe stuck behind a busy core stalls the whole call.
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    reader = _Reader(frames, queue_size, times)
+    writer = _Writer(sink, queue_size, times, progress)
+    writer.start()
+    reader.start()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = reader.queue.get()
+            times.add("wait_read", time.perf_counter() - t0)
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
+            if writer.error is not None:
+                raise writer.error
+            out = renderer.process(item.image)
+            t0 = time.perf_counter()
+            writer.queue.put(out)
+            times.add("wait_write", time.perf_counter() - t0)
+    finally:
+        reader.stop()
+        writer.finish()
+        reader.join()
+        cv2.setNumThreads(cv_threads)
+    if writer.error is not None:
+        raise writer.error
+    return writer.written
