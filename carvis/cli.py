@@ -103,9 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
                      default="error")
 
     la = sub.add_parser("layers", help="list a model's layers (conv layers marked)")
-    la.add_argument("model", help="model file (.h5, .keras)")
+    la.add_argument("model", help="model file (.h5, .keras, or a .tflite: its one layer)")
     la.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
                     default="error")
+
+    ex = sub.add_parser("export", help="write a model cut at one layer as .tflite (LiteRT)",
+                        description="The .tflite holds the model from its input to the layer "
+                        "(all its channels); carvis runs it on LiteRT without TensorFlow.")
+    ex.add_argument("model", help="model file (.h5 from Keras 1/2/3, .keras)")
+    ex.add_argument("-o", "--output", required=True, help="OUT.tflite")
+    ex.add_argument("--profile", "-p", help="take the layer from this YAML profile")
+    ex.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N (wins over the "
+                    "profile's)")
+    ex.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
+                    default="error")
+
+    be = sub.add_parser("bench", help="time carvis against the I/O floor and the seed's method",
+                        description="Same frames, same run: carvis' render, the I/O floor "
+                        "(decode, crop, write; no overlay) and the seed's per-frame method "
+                        "(matplotlib canvas + predict). Prints per-stage medians and ratios.")
+    be.add_argument("source", help="video file, folder of images, or synthetic[:...]")
+    be.add_argument("--frames", type=int, help="frames per run (default: all)")
+    be.add_argument("--repeat", type=int, default=3,
+                    help="floor/carvis pairs, alternated (default 3)")
+    be.add_argument("--seed-frames", type=int, default=150,
+                    help="frames for the (slow) seed method; 0 skips it (default 150)")
+    be.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
+    _add_model_args(be)
     return parser
 
 
@@ -188,16 +212,48 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from carvis import models
+    from carvis import export, models
     from carvis.extractor import _quiet_tensorflow
 
+    if export.is_tflite(args.model):
+        print(export.format_tflite_table(args.model))
+        return 0
     _quiet_tensorflow()
     model = models.load_model(args.model, lambda_policy=args.lambda_policy)
     print(models.format_layer_table(model))
     return 0
 
 
-COMMANDS = {"render": cmd_render, "layers": cmd_layers, "run": cmd_run}
+def cmd_export(args: argparse.Namespace) -> int:
+    from carvis import export
+    from carvis import profile as prof
+
+    layer = args.layer
+    if layer is None and args.profile:
+        layer = prof.load(args.profile).layer
+    if layer is None:
+        raise CarvisError("carvis export needs the layer: --layer L, or --profile P naming it")
+    meta, diff = export.export(args.model, prof.parse_layer(layer), args.output,
+                               lambda_policy=args.lambda_policy)
+    check = f"; max |LiteRT - TensorFlow| = {diff:.1e} on a test input" if diff is not None else ""
+    print(f"carvis: wrote {args.output}: {meta.describe()}{check}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from carvis import bench
+
+    profile, model_path = resolve_profile(args)
+    if args.frames is not None and args.frames < 2:
+        raise CarvisError(f"--frames {args.frames} must be at least 2")
+    print(bench.bench(args.source, model_path, profile, backend=args.backend,
+                      lambda_policy=args.lambda_policy, frames=args.frames,
+                      repeat=args.repeat, seed_frames=args.seed_frames, fps=args.fps))
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "layers": cmd_layers, "run": cmd_run,
+            "export": cmd_export, "bench": cmd_bench}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
