@@ -37,6 +37,7 @@ from carvis.sources import Frame, Source
 SETTINGS = ("threshold", "channel", "layer", "colormap", "overlay", "recording",
             "mode", "target", "view", "hud", "compare")
 THRESHOLD_STEP = 5.0
+MAX_LAG = 0.5  # seconds a paced file may fall behind its clock before the clock restarts
 
 
 class Busy(CarvisError):
@@ -99,9 +100,13 @@ class CaptureThread:
                     break
                 self.read_times.append(time.perf_counter() - t0)
                 if self.pace:
+                    # Play the file as a camera would film it: frame k is due k/fps after the
+                    # start. A frame decoded late is handed on at once (the loop takes the
+                    # newest, so the clock is kept and late frames count as drops); after a
+                    # long stall (over MAX_LAG) the clock restarts rather than burst.
                     now = time.monotonic()
-                    if due is None or now - due > interval:
-                        due = now  # late by more than a frame: carry on, never burst
+                    if due is None or now - due > MAX_LAG:
+                        due = now
                     elif due > now and self._stop.wait(due - now):
                         break
                     due += interval
