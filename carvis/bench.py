@@ -252,13 +252,14 @@ def machine() -> str:
 STAGE_ORDER = ("decode", "preprocess", "model", "overlay", "encode", "write")
 
 
-TITLES = {"carvis": "carvis", "loop": "I/O loop", "floor": "I/O overlapped", "seed": "seed"}
+TITLES = {"carvis": "carvis", "tf": "carvis, TensorFlow", "loop": "I/O loop",
+          "floor": "I/O overlapped", "seed": "seed"}
 
 
 def report(results: dict[str, list[RunResult]], ratios: dict[str, list[float]], source: str,
            model: str, backend: str, frames: int, seed_note: str) -> str:
     """The benchmark as a Markdown table."""
-    cols = [m for m in ("carvis", "loop", "floor", "seed") if results.get(m)]
+    cols = [m for m in TITLES if results.get(m)]
     lines = [f"machine: {machine()}",
              f"source: {source} ({frames} frames); model: {model} (backend {backend})",
              "",
@@ -282,7 +283,9 @@ def report(results: dict[str, list[RunResult]], ratios: dict[str, list[float]], 
     lines.append("")
     for m, values in ratios.items():
         if values:
-            lines.append(f"carvis / {TITLES[m]} = {statistics.median(values):.2f} "
+            name = ("carvis (LiteRT) / carvis (TensorFlow)" if m == "tf"
+                    else f"carvis / {TITLES[m]}")
+            lines.append(f"{name} = {statistics.median(values):.2f} "
                          f"(median of {len(values)} side-by-side rounds: "
                          + ", ".join(f"{r:.2f}" for r in values) + ")")
     if "seed" in fps and fps["seed"] > 0:
@@ -294,9 +297,10 @@ def report(results: dict[str, list[RunResult]], ratios: dict[str, list[float]], 
 
 def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "auto",
           lambda_policy: str = "error", frames: int | None = None, repeat: int = 3,
-          seed_frames: int | None = 150, fps: float | None = None,
+          seed_frames: int | None = 150, fps: float | None = None, tensorflow: bool = False,
           workdir: Path | None = None, log: Any = None) -> str:
-    """Run the three methods on the same frames and return the report."""
+    """Run the methods on the same frames and return the report (tensorflow: also time
+    carvis on the TensorFlow backend in each round, beside LiteRT)."""
     from carvis.extractor import ModelSession
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -312,9 +316,14 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
         raise CarvisError(f"source {source!r} gives no frames")
     renderer.process(first.image.copy())  # warm-up: tracing, buffers, LUTs
     crop = renderer.preprocess.crop_box(first.image)
+    tf_renderer = None
+    if tensorflow and renderer.backend.name != "tensorflow" and not session.is_tflite:
+        tf_session = ModelSession(model_path, backend="tensorflow", lambda_policy=lambda_policy)
+        tf_renderer = pipeline.Renderer(tf_session, profile)
+        tf_renderer.process(first.image.copy())
     n = frames or total
-    results: dict[str, list[RunResult]] = {"carvis": [], "loop": [], "floor": [], "seed": []}
-    ratios: dict[str, list[float]] = {"loop": [], "floor": []}
+    results: dict[str, list[RunResult]] = {m: [] for m in TITLES}
+    ratios: dict[str, list[float]] = {"loop": [], "floor": [], "tf": []}
     with tempfile.TemporaryDirectory(prefix="carvis-bench-", dir=workdir) as tmp:
         out = Path(tmp) / "bench.avi"
         for i in range(repeat):
@@ -325,8 +334,14 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
                 results[m].append(r)
             ratios["loop"].append(ours.fps / loop.fps)
             ratios["floor"].append(ours.fps / floor.fps)
-            log(f"round {i + 1}/{repeat}: I/O loop {loop.fps:.1f} fps, I/O overlapped "
-                f"{floor.fps:.1f} fps, carvis {ours.fps:.1f} fps ({ours.frames} frames)")
+            line = (f"round {i + 1}/{repeat}: I/O loop {loop.fps:.1f} fps, I/O overlapped "
+                    f"{floor.fps:.1f} fps, carvis {ours.fps:.1f} fps")
+            if tf_renderer is not None:
+                tf_run = run_pipeline("tf", source, n, fps, tf_renderer, out)
+                results["tf"].append(tf_run)
+                ratios["tf"].append(ours.fps / tf_run.fps)
+                line += f", carvis on TensorFlow {tf_run.fps:.1f} fps"
+            log(f"{line} ({ours.frames} frames)")
         seed_note = ""
         if seed_frames == 0:
             seed_note = "seed: not run (--seed-frames 0)"

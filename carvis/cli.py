@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seed-frames", type=int, default=150,
                     help="frames for the (slow) seed method; 0 skips it (default 150)")
     be.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
+    be.add_argument("--tensorflow", action="store_true",
+                    help="also time carvis on the TensorFlow backend in each round")
     _add_model_args(be)
     return parser
 
@@ -248,7 +250,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CarvisError(f"--frames {args.frames} must be at least 2")
     print(bench.bench(args.source, model_path, profile, backend=args.backend,
                       lambda_policy=args.lambda_policy, frames=args.frames,
-                      repeat=args.repeat, seed_frames=args.seed_frames, fps=args.fps))
+                      repeat=args.repeat, seed_frames=args.seed_frames, fps=args.fps,
+                      tensorflow=args.tensorflow))
     return 0
 
 
