@@ -269,6 +269,7 @@ def convert(model: Any, layer: Any, meta: LayerMeta) -> bytes:
 
     # Keras' own export tracks the Keras 3 variables; a bare tf.Module would not, and the
     # converter would then emit READ_VARIABLE ops over uninitialised resources.
+    error: Exception | None = None
     with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, \
             held_stderr() as log:
         try:
@@ -279,17 +280,12 @@ def convert(model: Any, layer: Any, meta: LayerMeta) -> bytes:
             archive.write_out(tmp, verbose=False)
             flatbuffer = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
         except Exception as exc:  # noqa: BLE001 - converter errors are many and deep
-            detail = str(exc).strip().splitlines() or log[-1:] or [type(exc).__name__]
-            raise ConversionError(f"cannot convert layer {name!r} of model {model.name!r} "
-                                  f"to TFLite ({detail[0][:160]}); use --backend tensorflow"
-                                  ) from None
+            error = exc
+    if error is not None:
+        detail = str(error).strip().splitlines() or log[-1:] or [type(error).__name__]
+        raise ConversionError(f"cannot convert layer {name!r} of model {model.name!r} "
+                              f"to TFLite ({detail[0][:160]}); use --backend tensorflow")
     return with_metadata(flatbuffer, meta)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -299,7 +295,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o644)  # mkstemp made it private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
