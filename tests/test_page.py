@@ -119,4 +119,12 @@ def test_page_shows_the_live_overlay_and_its_controls_work(browser, served, tmp_
     fakes.wait_until(lambda: settings()["layer"] == other, what=f"layer {other}")
     Select(browser.find_element(By.ID, "colormap")).select_by_value("jet")
     fakes.wait_until(lambda: settings()["colormap"] == "jet", what="colormap jet")
+    # Side by side: the frame and the overlay in one, twice as wide.
+    width = browser.execute_script("return document.getElementById('stream').naturalWidth")
+    browser.find_element(By.ID, "compare").click()
+    fakes.wait_until(lambda: settings()["compare"] is True, what="compare on")
+    wait.until(lambda d: d.execute_script(
+        "return document.getElementById('stream').naturalWidth") > 2 * width)
+    browser.find_element(By.ID, "compare").click()
+    fakes.wait_until(lambda: settings()["compare"] is False, what="compare off")
     assert browser.find_element(By.ID, "error").text == ""

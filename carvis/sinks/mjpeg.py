@@ -342,6 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, owner.stats())
         elif path == "/settings":
             self._json(200, owner.controller.settings())
+        elif path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
         else:
             self._error(404, f"no such page {path!r}; try /, /stream.mjpg, /snapshot.jpg, "
                              "/stats or /settings")
