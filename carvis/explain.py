@@ -860,6 +860,15 @@ class Explainer:
             return result
 
         self._graph_model = forward
+        # Trace now, not on the first frame (a live switch builds beside the loop); TF's
+        # "frequent retracing" warning counts every explainer's graph as one function's.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            run(np.zeros((self.batch_size,) + self.input_shape, np.float32))
+        finally:
+            logger.setLevel(level)
 
         def call(batch: np.ndarray) -> dict[str, np.ndarray]:
             return {k: v.numpy() for k, v in run(batch).items()}
