@@ -326,22 +326,26 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
     ratios: dict[str, list[float]] = {"loop": [], "floor": [], "tf": []}
     with tempfile.TemporaryDirectory(prefix="carvis-bench-", dir=workdir) as tmp:
         out = Path(tmp) / "bench.avi"
+        runs = {
+            "loop": lambda: run_io_loop(source, n, fps, CropOnly(profile, crop), out),
+            "floor": lambda: run_pipeline("floor", source, n, fps, CropOnly(profile, crop), out),
+            "carvis": lambda: run_pipeline("carvis", source, n, fps, renderer, out),
+        }
+        if tf_renderer is not None:
+            runs["tf"] = lambda: run_pipeline("tf", source, n, fps, tf_renderer, out)
+        order = list(runs)
         for i in range(repeat):
-            loop = run_io_loop(source, n, fps, CropOnly(profile, crop), out)
-            floor = run_pipeline("floor", source, n, fps, CropOnly(profile, crop), out)
-            ours = run_pipeline("carvis", source, n, fps, renderer, out)
-            for m, r in (("loop", loop), ("floor", floor), ("carvis", ours)):
+            # A different method goes first each round, so a drift in the machine's load
+            # does not always favour the same one.
+            k = i % len(order)
+            round_ = {m: runs[m]() for m in order[k:] + order[:k]}
+            for m, r in round_.items():
                 results[m].append(r)
-            ratios["loop"].append(ours.fps / loop.fps)
-            ratios["floor"].append(ours.fps / floor.fps)
-            line = (f"round {i + 1}/{repeat}: I/O loop {loop.fps:.1f} fps, I/O overlapped "
-                    f"{floor.fps:.1f} fps, carvis {ours.fps:.1f} fps")
-            if tf_renderer is not None:
-                tf_run = run_pipeline("tf", source, n, fps, tf_renderer, out)
-                results["tf"].append(tf_run)
-                ratios["tf"].append(ours.fps / tf_run.fps)
-                line += f", carvis on TensorFlow {tf_run.fps:.1f} fps"
-            log(f"{line} ({ours.frames} frames)")
+                if m != "carvis":
+                    ratios[m].append(round_["carvis"].fps / r.fps if r.fps else 0.0)
+            log(f"round {i + 1}/{repeat}: " + ", ".join(
+                f"{TITLES[m]} {r.fps:.1f} fps" for m, r in round_.items())
+                + f" ({round_['carvis'].frames} frames)")
         seed_note = ""
         if seed_frames == 0:
             seed_note = "seed: not run (--seed-frames 0)"
