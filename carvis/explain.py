@@ -494,7 +494,7 @@ class VBPPlan:
         """Segment j's transposed convolutions: tap j's map → the previous tap's (or the
         input's) size."""
         for rows, cols in reversed(self.steps[j]):
-            x = cols.adjoint(rows.adjoint(x).T).T
+            x = _step_adjoint(rows, cols, np.ascontiguousarray(x, np.float32))
         return np.ascontiguousarray(x)
 
     def to_json(self) -> str:
@@ -510,6 +510,29 @@ class VBPPlan:
         steps = tuple(tuple((AxisOp(**r), AxisOp(**c)) for r, c in seg) for seg in raw["steps"])
         return cls(tuple(raw["input_hw"]), tuple(raw["taps"]),
                    tuple(tuple(hw) for hw in raw["tap_hw"]), steps)
+
+
+def _step_adjoint(rows: AxisOp, cols: AxisOp, x: np.ndarray) -> np.ndarray:
+    """One layer's all-ones transposed convolution in 2-D; OpenCV for the common cases (a
+    'same' stride-1 kernel: an unnormalised box filter; a pool whose windows tile: nearest
+    upscaling), strided slices otherwise."""
+    plain = rows.repeat == cols.repeat == 1 and rows.dilation == cols.dilation == 1
+    if plain and rows.stride == cols.stride == 1 and rows.n_in == rows.n_out \
+            and cols.n_in == cols.n_out and 0 <= rows.pad < rows.size and 0 <= cols.pad < cols.size:
+        return cv2.boxFilter(x, -1, (cols.size, rows.size), normalize=False,
+                             anchor=(cols.size - 1 - cols.pad, rows.size - 1 - rows.pad),
+                             borderType=cv2.BORDER_CONSTANT)
+    if plain and rows.size == rows.stride and cols.size == cols.stride \
+            and rows.pad == cols.pad == 0 and rows.n_out * rows.stride <= rows.n_in \
+            and cols.n_out * cols.stride <= cols.n_in:
+        up = cv2.resize(x, (cols.n_out * cols.stride, rows.n_out * rows.stride),
+                        interpolation=cv2.INTER_NEAREST)
+        if up.shape == (rows.n_in, cols.n_in):
+            return up
+        out = np.zeros((rows.n_in, cols.n_in), np.float32)  # 'valid' lost rows stay zero
+        out[:up.shape[0], :up.shape[1]] = up
+        return out
+    return cols.adjoint(rows.adjoint(x).T).T
 
 
 def _spatial_chain(model: Any, head: SteeringHead) -> list[Any]:
