@@ -12,9 +12,10 @@ sink (decoder, JPEG quality and muxer are the same for all but the seed):
   ``predict`` on the model cut at the layer, min–max, a matplotlib canvas per frame for the
   colormap, crop of the canvas, bicubic resize, threshold, AND, add, cv2.VideoWriter.
 
-The first three alternate (loop, overlapped, carvis, loop, …) so that load from other
-programs hits them alike; fps are medians over the runs and each ratio is the median of the
-per-round ratios. Start-up (model load, conversion, tracing, opening the source) is excluded.
+Each round runs every method once (the seed on fewer frames: it is slow), the first one
+changing from round to round, so that load from other programs hits them alike; fps are
+medians over the rounds and each ratio is the median of the per-round ratios. Start-up (model
+load, conversion, tracing, opening the source) is excluded.
 """
 
 from __future__ import annotations
@@ -285,11 +286,10 @@ def report(results: dict[str, list[RunResult]], ratios: dict[str, list[float]], 
         if values:
             name = ("carvis (LiteRT) / carvis (TensorFlow)" if m == "tf"
                     else f"carvis / {TITLES[m]}")
-            lines.append(f"{name} = {statistics.median(values):.2f} "
+            digits = 1 if m == "seed" else 2
+            lines.append(f"{name} = {statistics.median(values):.{digits}f} "
                          f"(median of {len(values)} side-by-side rounds: "
-                         + ", ".join(f"{r:.2f}" for r in values) + ")")
-    if "seed" in fps and fps["seed"] > 0:
-        lines.append(f"carvis / seed = {fps['carvis'] / fps['seed']:.1f}")
+                         + ", ".join(f"{r:.{digits}f}" for r in values) + ")")
     if seed_note:
         lines.append(seed_note)
     return "\n".join(lines)
@@ -297,7 +297,7 @@ def report(results: dict[str, list[RunResult]], ratios: dict[str, list[float]], 
 
 def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "auto",
           lambda_policy: str = "error", frames: int | None = None, repeat: int = 3,
-          seed_frames: int | None = 150, fps: float | None = None, tensorflow: bool = False,
+          seed_frames: int | None = 40, fps: float | None = None, tensorflow: bool = False,
           workdir: Path | None = None, log: Any = None) -> str:
     """Run the methods on the same frames and return the report (tensorflow: also time
     carvis on the TensorFlow backend in each round, beside LiteRT)."""
@@ -322,8 +322,18 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
         tf_renderer = pipeline.Renderer(tf_session, profile)
         tf_renderer.process(first.image.copy())
     n = frames or total
+    seed, seed_note = None, ""
+    if seed_frames == 0:
+        seed_note = "seed: not run (--seed-frames 0)"
+    elif session.is_tflite:
+        seed_note = "seed: not run (it needs the Keras model, not a .tflite)"
+    else:
+        seed = SeedMethod(model_path, profile, lambda_policy)
+        seed.model.predict(np.zeros((1,) + seed.model.inputs[0].shape[1:], np.float32),
+                           verbose=0)  # warm-up: predict builds its function on first use
+    m_seed = min(n, seed_frames) if n and seed_frames else (n or seed_frames)
     results: dict[str, list[RunResult]] = {m: [] for m in TITLES}
-    ratios: dict[str, list[float]] = {"loop": [], "floor": [], "tf": []}
+    ratios: dict[str, list[float]] = {"loop": [], "floor": [], "tf": [], "seed": []}
     with tempfile.TemporaryDirectory(prefix="carvis-bench-", dir=workdir) as tmp:
         out = Path(tmp) / "bench.avi"
         runs = {
@@ -333,6 +343,8 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
         }
         if tf_renderer is not None:
             runs["tf"] = lambda: run_pipeline("tf", source, n, fps, tf_renderer, out)
+        if seed is not None:
+            runs["seed"] = lambda: seed.run(source, m_seed, fps, out)
         order = list(runs)
         for i in range(repeat):
             # A different method goes first each round, so a drift in the machine's load
@@ -346,21 +358,10 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
             log(f"round {i + 1}/{repeat}: " + ", ".join(
                 f"{TITLES[m]} {r.fps:.1f} fps" for m, r in round_.items())
                 + f" ({round_['carvis'].frames} frames)")
-        seed_note = ""
-        if seed_frames == 0:
-            seed_note = "seed: not run (--seed-frames 0)"
-        elif session.is_tflite:
-            seed_note = "seed: not run (it needs the Keras model, not a .tflite)"
-        else:
-            log("seed method (matplotlib canvas + predict per frame)...")
-            seed = SeedMethod(model_path, profile, lambda_policy)
-            m = min(n, seed_frames) if n and seed_frames else (n or seed_frames)
-            result = seed.run(source, m, fps, out)
-            results["seed"].append(result)
-            log(f"seed: {result.fps:.1f} fps ({result.frames} frames)")
-            seed_note = (f"seed: first {result.frames} of the same frames; predict() on the "
-                         "model cut at the layer, built once (the seed rebuilt a K.function "
-                         "every frame)")
+    if seed is not None:
+        seed_note = (f"seed: the first {results['seed'][0].frames} of the same frames per round; "
+                     "predict() on the model cut at the layer, built once (the seed rebuilt a "
+                     "K.function every frame)")
     count = results["carvis"][0].frames
     return report(results, ratios, source, Path(model_path).name,
                   renderer.backend.name, count, seed_note)

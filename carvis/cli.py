@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("source", help="video file, folder of images, or synthetic[:...]")
     be.add_argument("--frames", type=int, help="frames per run (default: all)")
     be.add_argument("--repeat", type=int, default=3,
-                    help="floor/carvis pairs, alternated (default 3)")
-    be.add_argument("--seed-frames", type=int, default=150,
-                    help="frames for the (slow) seed method; 0 skips it (default 150)")
+                    help="rounds; each runs every method once, in a rotating order (default 3)")
+    be.add_argument("--seed-frames", type=int, default=40,
+                    help="frames per round for the (slow) seed method; 0 skips it (default 40)")
     be.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
     be.add_argument("--tensorflow", action="store_true",
                     help="also time carvis on the TensorFlow backend in each round")
