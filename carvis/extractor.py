@@ -17,7 +17,6 @@ index, mean or max) picks among the output's channels as for any layer.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -238,8 +237,9 @@ def _signature_output(interpreter: Any, out: dict) -> str:
 
 
 def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from carvis.tfquiet import import_tensorflow
+
+    import_tensorflow()
 
 
 class ModelSession:

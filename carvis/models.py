@@ -67,6 +67,10 @@ def load_model(path: str | os.PathLike, *, lambda_policy: str = "error") -> kera
         raise CarvisError(f"lambda policy {lambda_policy!r} is not one of "
                           f"{', '.join(LAMBDA_POLICIES)}; pass --lambda error or --lambda identity")
     p = Path(path)
+    if not is_tflite(p):
+        from carvis.tfquiet import import_tensorflow
+
+        import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
     if not p.exists():
         raise CarvisError(f"{path}: model file not found; check the path")
     if p.is_dir():
