@@ -100,9 +100,12 @@ def test_unwritable_outputs_fail_before_any_frame(tmp_path):
             open_file_sink(ro / "out.avi", 30)
 
 
-def test_avi_size_change_is_refused(tmp_path):
-    sink = AviSink(tmp_path / "x.avi", 30)
-    sink.write(_numbered_image(1, (64, 48)))
-    with pytest.raises(CarvisError, match="changed"):
-        sink.write(_numbered_image(1, (32, 24)))
-    sink.close()
+def test_avi_size_change_mid_recording_is_fitted_not_lost(tmp_path):
+    path = tmp_path / "x.avi"
+    with AviSink(path, 30) as sink:
+        sink.write(_numbered_image(1, (64, 48)))
+        with pytest.warns(UserWarning, match="resized to fit"):
+            sink.write(_numbered_image(2, (128, 40)))
+        sink.write(_numbered_image(3, (128, 40)))
+    frames = list(sources.open_source(str(path)))
+    assert len(frames) == 3 and all(f.image.shape == (48, 64, 3) for f in frames)

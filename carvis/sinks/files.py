@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -45,6 +46,7 @@ class AviSink(Sink):
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self._raw = False
+        self._resized = False
         self._params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
         self.timings: dict[str, collections.deque[float]] = {
             "encode": collections.deque(maxlen=300), "write": collections.deque(maxlen=300)}
@@ -80,8 +82,14 @@ class AviSink(Sink):
         if self._writer is None:
             self._open(size)
         elif size != self._size:
-            raise CarvisError(f"frame size {size} changed from {self._size} mid-recording; "
-                              "an .avi holds one size")
+            # A live view change (grid, compare) mid-recording: an .avi holds one size, so the
+            # frame is fitted to it rather than lost.
+            if not self._resized:
+                warnings.warn(f"{self.path.name}: frame size {size[0]}x{size[1]} differs from "
+                              f"the recording's {self._size[0]}x{self._size[1]}; frames are "
+                              "resized to fit", stacklevel=2)
+                self._resized = True
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         t0 = time.perf_counter()
         if self._raw:
             packet = self.encode(image).reshape(1, -1)
