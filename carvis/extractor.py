@@ -17,6 +17,7 @@ index, mean or max) picks among the output's channels as for any layer.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -237,6 +238,7 @@ def _signature_output(interpreter: Any, out: dict) -> str:
 
 
 def _quiet_tensorflow() -> None:
+    """Import TensorFlow now, without its C++ start-up chatter (never on the LiteRT path)."""
     from carvis.tfquiet import import_tensorflow
 
     import_tensorflow()
@@ -266,7 +268,10 @@ class ModelSession:
         self._model: Any = None
         self._sha256: str | None = None
         self._tflite: LiteRTBackend | None = None
-        _quiet_tensorflow()
+        # Only settings here: importing TensorFlow (quietly) is models.load_model's business;
+        # a .tflite, or a layer LiteRT finds in the cache, must not pull it in at all.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         if self.is_tflite:
             if backend == "tensorflow":
                 raise CarvisError(f"{self.path.name} is a .tflite model: it runs on LiteRT only; "
