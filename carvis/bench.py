@@ -299,8 +299,8 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
           lambda_policy: str = "error", frames: int | None = None, repeat: int = 3,
           seed_frames: int | None = 40, fps: float | None = None, tensorflow: bool = False,
           workdir: Path | None = None, log: Any = None) -> str:
-    """Run the methods on the same frames and return the report (tensorflow: also time
-    carvis on the TensorFlow backend in each round, beside LiteRT)."""
+    """Time every method on the same frames, round after round; the report as Markdown."""
+    # tensorflow=True also times carvis on the TensorFlow backend in each round, beside LiteRT.
     from carvis.extractor import ModelSession
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -305,8 +305,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def export(model_path: str | os.PathLike, layer_spec: str | int, out: str | os.PathLike,
            lambda_policy: str = "error") -> tuple[LayerMeta, float | None]:
-    """Write MODEL truncated at a layer to OUT.tflite; returns its metadata and the largest
-    |LiteRT − TensorFlow| difference on a test input (None without ai-edge-litert)."""
+    """Write a model cut at a layer to OUT.tflite; its metadata and max |LiteRT − TF| (or None)."""
     out = Path(out)
     if out.suffix.lower() != ".tflite":
         raise CarvisError(f"output {str(out)!r} must end in .tflite")

@@ -245,12 +245,10 @@ def _quiet_tensorflow() -> None:
 
 
 class ModelSession:
-    """One model and the backends for its layers, each built once and kept.
+    """One model and the backends for its layers (tensorflow, litert, auto), built once each."""
 
-    ``backend``: ``tensorflow``, ``litert`` or ``auto`` (LiteRT when ai-edge-litert is
-    installed, else TensorFlow). A .tflite model always runs on LiteRT, never imports
-    TensorFlow, and holds one layer (see the module docstring).
-    """
+    # auto = LiteRT when ai-edge-litert is installed, else TensorFlow. A .tflite model always
+    # runs on LiteRT, never imports TensorFlow, and holds one layer (see the module docstring).
 
     def __init__(self, path: str | Path, backend: str = "auto", lambda_policy: str = "error",
                  num_threads: int = 1) -> None:

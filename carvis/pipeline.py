@@ -236,12 +236,10 @@ class Renderer:
         return ov.select_channel(self.backend(batch), self.channel)
 
     def process(self, image: np.ndarray) -> np.ndarray:
-        """Overlay in place on the frame's ROI; returns the ROI or the whole frame (a view).
-
-        The frame is written to and the result is a view of it (a new array when the profile
-        sets output_size): the caller hands over the frame and must not reuse its buffer
-        while the result is in use.
-        """
+        """Overlay in place on the frame's ROI; returns the ROI or the whole frame (a view)."""
+        # The frame is drawn on and the result is a view of it (a new array when the profile
+        # sets output_size): the caller hands the frame over and must not reuse its buffer
+        # while the result is in use.
         t0 = time.perf_counter()
         roi = self.preprocess.roi(image)
         batch = self.preprocess(roi)
@@ -262,11 +260,9 @@ class Renderer:
         return out
 
     def _compose(self, roi: np.ndarray, norm: np.ndarray) -> None:
-        """overlay.apply(roi, norm, out=roi), same pixels, two full-size passes fewer.
-
-        Threshold and colormap fold into one 256-entry LUT that is black at and below the
-        threshold: AND-ing the colour with the mask and adding it is then a plain add.
-        """
+        """overlay.apply(roi, norm, out=roi): the same pixels, two full-size passes fewer."""
+        # Threshold and colormap fold into one 256-entry LUT that is black at and below the
+        # threshold: AND-ing the colour with the mask and adding it is then a plain add.
         h, w = roi.shape[:2]
         map8 = self.overlay.map8(norm, (w, h))
         if self._colored.shape[:2] != (h, w):
@@ -391,16 +387,14 @@ class _Writer(threading.Thread):
 
 def render(frames: Iterable[Frame], renderer: Renderer, sink: Sink,
            progress: Callable[[int], None] | None = None, *, queue_size: int = 3) -> int:
-    """Every frame in, one overlay frame out, in order; returns the number written.
-
-    Three stages overlap: a reader thread pulls frames from the source (it decodes), this
-    thread runs the renderer (in place on each frame's ROI), a writer thread feeds the sink
-    (JPEG encode + write). Queues hold at most queue_size frames each, so memory stays flat;
-    one thread per stage and FIFO queues keep the order. Frames are drawn on in place; a source
-    that reuses one buffer for every frame has its frames copied. On an error or Ctrl-C,
-    frames already rendered are still written before the exception propagates, so the sink,
-    closed by the caller, is complete up to there.
-    """
+    """Every frame in, one overlay frame out, in order; returns the number written."""
+    # Three stages overlap: a reader thread pulls frames from the source (it decodes), this
+    # thread runs the renderer (in place on each frame's ROI), a writer thread feeds the sink
+    # (JPEG encode + write). Queues hold at most queue_size frames each, so memory stays flat;
+    # one thread per stage and FIFO queues keep the order. A source that reuses one buffer for
+    # every frame has its frames copied (see _Reader). On an error or Ctrl-C, frames already
+    # rendered are still written before the exception propagates, so the sink, closed by the
+    # caller, is complete up to there.
     times = renderer.times
     # The stages are the parallelism: OpenCV's own worker pool on top of them only adds
     # hand-offs, and a stripe stuck behind a busy core stalls the whole call.
