@@ -140,7 +140,7 @@ class SeedMethod:
     """The seed notebook's per-frame method, on the Keras model cut at the profile's layer."""
 
     def __init__(self, model_path: Path, profile: Profile, lambda_policy: str = "error") -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import matplotlib
 
         matplotlib.use("Agg")

@@ -251,7 +251,7 @@ def layer_meta(model: Any, layer: Any, source: Path | None, sha256: str | None) 
 
 def convert(model: Any, layer: Any, meta: LayerMeta) -> bytes:
     """The model truncated at layer, as a float32 .tflite flatbuffer with carvis metadata."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import tensorflow as tf
 
@@ -313,7 +313,7 @@ def export(model_path: str | os.PathLike, layer_spec: str | int, out: str | os.P
         raise CarvisError(f"output {str(out)!r}: folder does not exist; create it first")
     if is_tflite(model_path):
         raise CarvisError(f"{model_path}: already a .tflite; export from the .h5/.keras model")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from carvis import models
 
     source = Path(model_path)
@@ -370,7 +370,7 @@ def convert_outputs(model: Any, names: list[str] | tuple[str, ...], meta: LayerM
                     ) -> bytes:
     """The model with one output per named layer (its signature keys are the layer names), as a
     float32 .tflite: what forward-only explainers (vbp, cam) read on LiteRT."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import tensorflow as tf
 

@@ -268,7 +268,7 @@ class ModelSession:
         self._tflite: LiteRTBackend | None = None
         # Only settings here: importing TensorFlow (quietly) is models.load_model's business;
         # a .tflite, or a layer LiteRT finds in the cache, must not pull it in at all.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         if self.is_tflite:
             if backend == "tensorflow":
