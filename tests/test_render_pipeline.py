@@ -221,13 +221,33 @@ def test_overlapped_render_equals_single_threaded_renderer(renderer_factory, rac
 def test_renderer_overlay_equals_overlay_apply(renderer_factory, race_frames, threshold,
                                                colormap):
     renderer = renderer_factory()
+    ipp = cv2.ipp.useIPP()
     for image in race_frames[:6]:
         # settings changed between frames, as the live page does
         renderer.overlay.threshold, renderer.overlay.colormap = threshold, colormap
         norm = renderer.normalizer(renderer.activation(image))
-        expected = ov.Overlay(threshold, colormap).apply(renderer.preprocess.roi(image), norm)
+        cv2.ipp.setUseIPP(False)  # the renderer upsamples with OpenCV's own bicubic
+        try:
+            expected = ov.Overlay(threshold, colormap).apply(renderer.preprocess.roi(image),
+                                                             norm)
+        finally:
+            cv2.ipp.setUseIPP(ipp)
         got = renderer.process(image.copy())
         np.testing.assert_array_equal(got, expected)
+        assert cv2.ipp.useIPP() == ipp  # the caller's thread is left as it was
+
+
+def test_renderer_upsample_differs_from_ipp_only_by_rounding(renderer_factory, race_frames):
+    renderer = renderer_factory()
+    changed = 0
+    for image in race_frames:
+        norm = renderer.normalizer(renderer.activation(image))
+        cv2.ipp.setUseIPP(True)
+        with_ipp = ov.Overlay(80, "inferno").apply(renderer.preprocess.roi(image), norm)
+        got = renderer.process(image.copy())
+        diff = np.abs(got.astype(int) - with_ipp.astype(int)).max(axis=-1)
+        changed += int((diff > 0).sum())
+    assert changed / (len(race_frames) * 480 * 1800) < 1e-4
 
 
 def test_memory_is_flat_over_a_long_render(renderer_factory):
