@@ -21,6 +21,7 @@ load, conversion, tracing, opening the source) is excluded.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import os
 import platform
@@ -327,6 +328,8 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
         seed_note = "seed: not run (--seed-frames 0)"
     elif session.is_tflite:
         seed_note = "seed: not run (it needs the Keras model, not a .tflite)"
+    elif importlib.util.find_spec("matplotlib") is None:
+        seed_note = "seed: not run (its method draws with matplotlib: pip install matplotlib)"
     else:
         seed = SeedMethod(model_path, profile, lambda_policy)
         seed.model.predict(np.zeros((1,) + seed.model.inputs[0].shape[1:], np.float32),
