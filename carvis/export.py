@@ -317,7 +317,11 @@ def export(model_path: str | os.PathLike, layer_spec: str | int, out: str | os.P
     from carvis import models
 
     source = Path(model_path)
-    model = models.load_model(source, lambda_policy=lambda_policy)
+    try:
+        model = models.load_model(source, lambda_policy=lambda_policy)
+    except ImportError as exc:
+        raise CarvisError(f"carvis export needs TensorFlow ({exc.name or exc}): "
+                          "pip install tensorflow") from None
     layer = models.resolve_layer(model, layer_spec)
     meta = layer_meta(model, layer, source, file_sha256(source))
     data = convert(model, layer, meta)

@@ -299,7 +299,13 @@ class ModelSession:
         if self._model is None:
             from carvis import models
 
-            self._model = models.load_model(self.path, lambda_policy=self.lambda_policy)
+            try:
+                self._model = models.load_model(self.path, lambda_policy=self.lambda_policy)
+            except ImportError as exc:
+                raise CarvisError(f"{self.path.name}: reading a Keras model needs TensorFlow "
+                                  f"({exc.name or exc}): pip install tensorflow, or export a "
+                                  ".tflite where TensorFlow is (carvis export MODEL --layer L "
+                                  "-o OUT.tflite) and run that") from None
         return self._model
 
     def input_shape(self) -> tuple[int, int, int]:

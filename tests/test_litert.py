@@ -221,3 +221,24 @@ def test_export_needs_a_layer_and_a_tflite_name(axionaut_model_path, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dense_1" in err and "conv:1" in err
     assert not (tmp_path / "a.tflite").exists()
+
+
+def test_without_tensorflow_a_keras_model_fails_in_one_line(axionaut_model_path,
+                                                           axionaut_frames, tmp_path):
+    code = f"""
+import json, sys
+sys.modules["tensorflow"] = None  # as on a Pi with only ai-edge-litert
+sys.modules["keras"] = None
+from carvis import cli
+rc = cli.main(["export", {str(axionaut_model_path)!r}, "--layer", "conv:1", "-o",
+               {str(tmp_path / "x.tflite")!r}])
+rc2 = cli.main(["render", {str(axionaut_frames)!r}, "-o", {str(tmp_path / "o.avi")!r},
+                "--model", {str(axionaut_model_path)!r}, "-q"])
+print(json.dumps({{"rc": rc, "rc2": rc2}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                       env=_env(CARVIS_CACHE=str(tmp_path / "cache")), timeout=120, cwd=REPO)
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"rc": 2, "rc2": 2}, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2, r.stderr
+    assert all(ln.startswith("carvis: error:") and ".tflite" in ln for ln in lines), r.stderr
