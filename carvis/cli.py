@@ -149,12 +149,25 @@ def resolve_profile(args: argparse.Namespace):
     model = Path(args.model) if args.model else p.model
     if model is None:
         raise CarvisError(f"profile {p.source!r} names no model; pass --model PATH")
+    if not args.model and not args.profile and not _have_tensorflow():
+        # A car without TensorFlow (a Pi with LiteRT only) runs the default model's .tflite,
+        # exported at the default profile's layer and committed beside it.
+        model = model.with_suffix(".tflite")
     changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
                "colormap": args.colormap}
     changes.update({key: getattr(args, key, None) for key in
                     ("mode", "target", "smoothgrad", "view", "hud", "compare")})
     p = p.replace(**{k: v for k, v in changes.items() if v is not None})
     return p, model
+
+
+def _have_tensorflow() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def cmd_render(args: argparse.Namespace) -> int:
