@@ -333,8 +333,9 @@ class LiveRunner:
         current = self.renderer.backend.layer_name
         if current not in names:
             names.append(current)
-            model = getattr(self.renderer.session, "model", None)
-            order = {layer.name: i for i, layer in enumerate(getattr(model, "layers", []))}
+            # Layer order from the session: LiteRT knows it from the .tflite's metadata, so
+            # this never loads Keras (a Pi may not have TensorFlow at all).
+            order = {name: i for i, name in enumerate(self.renderer.session.layer_names())}
             names.sort(key=lambda n: order.get(n, len(order)))
         return names
 
