@@ -362,8 +362,8 @@ class Viewer:
 
     def _read(self) -> None:
         buf = bytearray()
-        self.sock.settimeout(10)
         try:
+            self.sock.settimeout(10)  # inside: a viewer closed before its thread ran is not an error
             while not self._stop.is_set():
                 chunk = self.sock.recv(1 << 20)
                 if not chunk:
