@@ -1007,23 +1007,15 @@ class GuidedBackprop(Saliency):
     guided = True
 
 
-class GuidedGradCAM(Explainer):
+class GuidedGradCAM(GradCAM):
     """Guided backpropagation times Grad-CAM (bilinearly resized to the input)."""
 
     mode = "guided-gradcam"
     wrt = ("layer", "input")
     guided = True
-    uses_target = True
-
-    def _output_layers(self) -> tuple[str, ...]:
-        if self.layer is None:
-            self.layer = _last_conv(self.model)
-        return super()._output_layers()
 
     def reduce(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        grads = self.target.modify(np.asarray(outputs["@grad:layer"])[0])
-        cam, weights = gradcam_map(np.asarray(outputs[self.layer])[0], grads)
-        outputs["@weights"] = weights
+        cam = super().reduce(outputs)
         h, w = self.input_shape[:2]
         up = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
         guided = saliency_map(self.target.modify(np.asarray(outputs["@grad:input"])))

@@ -23,6 +23,7 @@ from typing import Any
 
 from carvis import __version__
 from carvis.errors import CarvisError
+from carvis.models import is_tflite
 
 META_NAME = "carvis"
 #: Bumped when the conversion changes, so cached files from an older carvis are not reused.
@@ -89,18 +90,6 @@ class LayerMeta:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def is_tflite(path: str | os.PathLike) -> bool:
-    """True if the file is a TFLite flatbuffer (by extension or by its TFL3 tag)."""
-    p = Path(path)
-    if p.suffix.lower() == ".tflite":
-        return True
-    try:
-        with open(p, "rb") as fh:
-            return fh.read(8)[4:8] == _TFLITE_MAGIC
-    except OSError:
-        return False
 
 
 def _schema() -> Any:
@@ -286,6 +275,16 @@ def convert(model: Any, layer: Any, meta: LayerMeta) -> bytes:
         raise ConversionError(f"cannot convert layer {name!r} of model {model.name!r} "
                               f"to TFLite ({detail[0][:160]}); use --backend tensorflow")
     return with_metadata(flatbuffer, meta)
+
+
+def write_cached(path: Path, data: bytes) -> None:
+    """Keep a converted model in the cache; a cache that cannot be written only warns."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        print(f"carvis: warning: cannot cache the converted model in {path.parent} "
+              f"({exc.strerror or exc}); set CARVIS_CACHE to a writable folder",
+              file=sys.stderr)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -404,10 +404,5 @@ class ModelSession:
         meta = export.layer_meta(self.model, layer, self.path, self._sha256)
         data = export.convert(self.model, layer, meta)
         self.conversions += 1
-        try:
-            export.write_atomic(cached, data)
-        except OSError as exc:
-            print(f"carvis: warning: cannot cache the converted model in {cached.parent} "
-                  f"({exc.strerror or exc}); set CARVIS_CACHE to a writable folder",
-                  file=sys.stderr)
+        export.write_cached(cached, data)
         return LiteRTBackend(data, meta, self.path.name, self.num_threads)

@@ -167,7 +167,6 @@ class Renderer:
 
     def _litert_forward(self, names: tuple[str, ...], steering: str) -> explain.LiteRTForward:
         """A several-output .tflite of the layers (cached like the one-layer files)."""
-        import sys
 
         session = self.session
         outputs = [*names, steering]
@@ -182,12 +181,7 @@ class Renderer:
             except (OSError, CarvisError):
                 data = None  # unreadable: convert again below
         data = export.convert_outputs(session.model, outputs)
-        try:
-            export.write_atomic(cached, data)
-        except OSError as exc:
-            print(f"carvis: warning: cannot cache the converted model in {cached.parent} "
-                  f"({exc.strerror or exc}); set CARVIS_CACHE to a writable folder",
-                  file=sys.stderr)
+        export.write_cached(cached, data)
         return explain.LiteRTForward(data, {steering: explain.PREDICTION}, session.path.name,
                                      session.num_threads)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import cv2
+import model_factory
 import numpy as np
 import pytest
 
-import model_factory
 from carvis import cli
 from carvis import overlay as ov
 
