@@ -15,13 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 AXIONAUT = REPO.parent / "shared" / "data" / "axionaut"
 DOCS = REPO / "docs"
 
-
-def label(image: np.ndarray, text: str) -> np.ndarray:
-    """A caption strip above the picture."""
-    strip = np.full((34, image.shape[1], 3), 24, np.uint8)
-    cv2.putText(strip, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (235, 235, 235), 1,
-                cv2.LINE_AA)
-    return np.vstack([strip, image])
+sys.path.insert(0, str(Path(__file__).parent))
+from modes_readme import caption
 
 
 def main() -> int:
@@ -37,8 +32,8 @@ def main() -> int:
     frame = cv2.imread(str(AXIONAUT / "frames" / "frame3868.jpg"))
     roi = frame[600:1080, :1800].copy()
     out = renderer.process(frame.copy())
-    pair = np.vstack([label(roi, "camera ROI (rows 600:1080, cols 0:1800)"),
-                      label(out, "carvis: maxpooling2d_2, channel 1, threshold 80, inferno")])
+    pair = np.vstack([caption(roi, "camera ROI (rows 600:1080, cols 0:1800)"),
+                      caption(out, "carvis: maxpooling2d_2, channel 1, threshold 80, inferno")])
     small = cv2.resize(pair, (900, pair.shape[0] * 900 // 1800), interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(DOCS / "overlay_axionaut.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 85])
     print("wrote", DOCS / "overlay_axionaut.jpg")
