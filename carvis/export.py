@@ -241,8 +241,6 @@ def layer_meta(model: Any, layer: Any, source: Path | None, sha256: str | None) 
 def convert(model: Any, layer: Any, meta: LayerMeta) -> bytes:
     """The model truncated at layer, as a float32 .tflite flatbuffer with carvis metadata."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import tensorflow as tf
 
     from carvis import models
 
@@ -256,25 +254,33 @@ def convert(model: Any, layer: Any, meta: LayerMeta) -> bytes:
     def serve(x: Any) -> dict[str, Any]:
         return {name: truncated(x, training=False)}
 
+    flatbuffer = _saved_model_to_tflite(truncated, serve, shape,
+                                        f"layer {name!r} of model {model.name!r}")
+    return with_metadata(flatbuffer, meta)
+
+
+def _saved_model_to_tflite(sub: Any, serve: Any, shape: tuple, what: str) -> bytes:
+    """Keras export archive of sub with one endpoint, converted to a .tflite flatbuffer."""
+    import keras
+    import tensorflow as tf
+
     # Keras' own export tracks the Keras 3 variables; a bare tf.Module would not, and the
     # converter would then emit READ_VARIABLE ops over uninitialised resources.
     error: Exception | None = None
-    with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, \
-            held_stderr() as log:
+    with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, held_stderr() as log:
         try:
             archive = keras.export.ExportArchive()
-            archive.track(truncated)
+            archive.track(sub)
             archive.add_endpoint(name="serving_default", fn=serve, input_signature=[
-                tf.TensorSpec(shape, tf.float32, name=truncated.inputs[0].name)])
+                tf.TensorSpec(shape, tf.float32, name=sub.inputs[0].name)])
             archive.write_out(tmp, verbose=False)
-            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+            return tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
         except Exception as exc:  # noqa: BLE001 - converter errors are many and deep
             error = exc
-    if error is not None:
-        detail = str(error).strip().splitlines() or log[-1:] or [type(error).__name__]
-        raise ConversionError(f"cannot convert layer {name!r} of model {model.name!r} "
-                              f"to TFLite ({detail[0][:160]}); use --backend tensorflow")
-    return with_metadata(flatbuffer, meta)
+    # The held log is only filled in once the with block has closed.
+    detail = str(error).strip().splitlines() or log[-1:] or [type(error).__name__]
+    raise ConversionError(f"cannot convert {what} to TFLite ({detail[0][:160]}); "
+                          "use --backend tensorflow") from None
 
 
 def write_cached(path: Path, data: bytes) -> None:
@@ -375,7 +381,6 @@ def convert_outputs(model: Any, names: list[str] | tuple[str, ...], meta: LayerM
     float32 .tflite: what forward-only explainers (vbp, cam) read on LiteRT."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
-    import tensorflow as tf
 
     names = list(dict.fromkeys(names))
     if len(model.inputs) != 1:
@@ -390,19 +395,8 @@ def convert_outputs(model: Any, names: list[str] | tuple[str, ...], meta: LayerM
         values = values if isinstance(values, (list, tuple)) else [values]
         return dict(zip(names, values, strict=True))
 
-    with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, held_stderr() as log:
-        try:
-            archive = keras.export.ExportArchive()
-            archive.track(sub)
-            archive.add_endpoint(name="serving_default", fn=serve, input_signature=[
-                tf.TensorSpec(shape, tf.float32, name=sub.inputs[0].name)])
-            archive.write_out(tmp, verbose=False)
-            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
-        except Exception as exc:  # noqa: BLE001 - converter errors are many and deep
-            detail = str(exc).strip().splitlines() or log[-1:] or [type(exc).__name__]
-            raise ConversionError(f"cannot convert layers {', '.join(names)} of model "
-                                  f"{model.name!r} to TFLite ({detail[0][:160]}); use "
-                                  "--backend tensorflow") from None
+    flatbuffer = _saved_model_to_tflite(sub, serve, shape,
+                                        f"layers {', '.join(names)} of model {model.name!r}")
     meta = meta or LayerMeta(layer="+".join(names),
                              input_shape=tuple(int(d) for d in sub.inputs[0].shape[1:]))
     return with_metadata(flatbuffer, meta)
