@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -287,11 +288,11 @@ def test_lambda_is_an_error_by_default(cases):
     assert msg.startswith(str(path))
 
 
-def test_lambda_identity_warns_once(cases):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def test_lambda_identity_warns_once(cases, caplog):
+    with caplog.at_level(logging.WARNING, logger="carvis"):
         model = models.load_model(cases["pilotnet_lambda"].path, lambda_policy="identity")
-    lambda_warnings = [w for w in caught if "lambda_1" in str(w.message)]
+    lambda_warnings = [r for r in caplog.records
+                       if r.levelno == logging.WARNING and "lambda_1" in r.getMessage()]
     assert len(lambda_warnings) == 1
     assert model.get_layer("lambda_1").__class__.__name__ == "Identity"
 
