@@ -600,7 +600,7 @@ def test_smoothing_steadies_the_mask_on_the_race_clip(axionaut, race_clip):
     from conftest import REPO
 
     from carvis import profile as prof
-    from carvis.extractor import Preprocessor
+    from carvis.preprocess import Preprocessor
 
     profile = prof.load(REPO / "models" / "axionaut.yaml")
     pre = Preprocessor(profile, (250, 70), 3)

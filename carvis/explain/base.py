@@ -1,0 +1,220 @@
+"""The base of every mode (pytorch-grad-cam's BaseCAM shape).
+
+:class:`Explainer` builds ONE multi-output Keras model (the layers the mode needs, plus the
+steering output) and, for the gradient modes, the gradient of a target score, all inside one
+``tf.function`` with a fixed input signature, built once. A mode is a small subclass that says
+which layers and gradients it needs and overrides :meth:`Explainer.reduce`, which turns those
+arrays into a 2-D float map in numpy. Or it is handed a ``forward`` callable (e.g. a
+several-output LiteRT model) and builds nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from carvis import models
+from carvis.errors import CarvisError
+from carvis.explain.graph import steering_head
+from carvis.explain.guided import guided_clone
+from carvis.explain.targets import Target, make_target
+from carvis.settings import GRADIENT_MODES
+
+log = logging.getLogger("carvis")
+
+PREDICTION = "@prediction"
+INPUT = "@input"
+
+
+class Forward(Protocol):
+    """Runs a model: (B, H, W, C) float32 → named arrays (layers, '@prediction', gradients).
+
+    A forward may carry a ``backend`` attribute naming what runs it (default "litert")."""
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass
+class Explanation:
+    """A raw float 2-D map, the steering output for the frame, and the arrays behind them."""
+
+    map: np.ndarray
+    prediction: np.ndarray | None
+    outputs: dict[str, np.ndarray]
+
+
+def require_tensorflow(mode: str, backend: str) -> None:
+    """One line if a gradient mode is asked of a backend without gradients (LiteRT)."""
+    if mode in GRADIENT_MODES and backend != "tensorflow":
+        raise CarvisError(f"mode {mode!r} needs gradients, which the {backend} backend does not "
+                          "compute; use --backend tensorflow")
+
+
+class Explainer:
+    """Base of the modes: builds the multi-output graph once, runs it per frame.
+
+    Subclasses set ``wrt`` / ``guided`` / ``uses_target`` and override :meth:`reduce` (and
+    :meth:`_output_layers` when they read layers of their own choosing). ``forward`` replaces
+    the built TensorFlow graph for forward-only modes (e.g. a multi-output LiteRT model
+    returning ``output_layers`` and ``'@prediction'``); ``forward_factory(output_layers,
+    steering_layer)`` builds one once the explainer knows which layers it needs.
+    :attr:`backend` says what runs the forward part: "tensorflow" for the built graph, else
+    the forward's own ``backend`` attribute (default "litert").
+    """
+
+    mode: ClassVar[str] = ""
+    wrt: ClassVar[tuple[str, ...]] = ()       # "layer" and/or "input": gradients to compute
+    guided: ClassVar[bool] = False            # input gradients through the guided clone
+    uses_target: ClassVar[bool] = False
+
+    def __init__(self, model: Any, *, layer: str | int | None = None,
+                 channel: int | str = "mean", target: str | Target | None = None,
+                 smoothgrad: tuple[int, float] | None = None,
+                 forward: Forward | None = None,
+                 forward_factory: Callable[[tuple[str, ...], str], Forward] | None = None,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.head = steering_head(model)
+        self.channel = channel
+        self.layer = self._resolve_layer(layer)
+        self.target = (make_target(target, self.head, model, self.layer)
+                       if self.uses_target else None)
+        n, sigma = smoothgrad or (0, 0.0)
+        if n and self.mode not in ("saliency", "guided"):
+            raise CarvisError(f"smoothgrad applies to saliency and guided, not to mode "
+                              f"{self.mode!r}")
+        if not 0 <= int(n) <= 256 or not 0.0 <= float(sigma) <= 1.0:
+            raise CarvisError(f"smoothgrad {n},{sigma} is not valid; N in 0..256 noisy copies, "
+                              "SIGMA in 0..1 (a fraction of the input's value range)")
+        self.smooth_n, self.smooth_sigma = int(n), float(sigma)
+        self._rng = np.random.default_rng(seed)
+        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        self.batch_size = 1 + self.smooth_n
+        self.output_layers = self._output_layers()
+        if (forward is not None or forward_factory is not None) and self.wrt:
+            raise CarvisError(f"mode {self.mode!r} needs gradients; it runs on the TensorFlow "
+                              "backend only (--backend tensorflow)")
+        if forward is None and forward_factory is not None:
+            forward = forward_factory(self.output_layers, self.head.layer)
+        if forward is None:
+            self.backend = "tensorflow"
+            self._forward = self._build()
+        else:
+            self.backend = str(getattr(forward, "backend", "litert"))
+            self._forward = forward
+        log.debug("explainer %s on %s: layers %s", self.mode, self.backend, self.output_layers)
+        self._big = np.empty((self.batch_size,) + self.input_shape, np.float32)
+
+    # -- what a mode needs (overridable) -------------------------------------------------------
+    def _resolve_layer(self, layer: str | int | None) -> str | None:
+        if layer is None:
+            return None
+        return models.resolve_layer(self.model, layer).name
+
+    def _output_layers(self) -> tuple[str, ...]:
+        """The layers whose outputs reduce() reads (the forward part's outputs)."""
+        names = [self.layer] if self.layer is not None and "layer" in self.wrt else []
+        if self.target is not None and self.target.layer is not None:
+            names.append(self.target.layer)
+        return tuple(dict.fromkeys(names))
+
+    def reduce(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The 2-D float map from the forward part's outputs (and gradients)."""
+        raise NotImplementedError
+
+    # -- the one graph -------------------------------------------------------------------------
+    def _build(self) -> Forward:
+        """The forward part as one tf.function (outputs and gradients), traced now."""
+        import keras
+        import tensorflow as tf
+
+        model = self.model
+        names = list(self.output_layers)
+        tensors = [model.get_layer(n).output for n in names] + [model.outputs[self.head.index]]
+        forward = keras.Model(model.inputs[0], tensors, name=f"{model.name}_{self.mode}")
+        keys = names + [PREDICTION]
+        guided = guided_clone(forward) if self.guided else None
+        target = self.target
+        wrt = self.wrt
+        layer_key = self.layer
+
+        def values_and_score(net: Any, x: Any) -> tuple[dict[str, Any], Any]:
+            values = dict(zip(keys, _listed(net(x, training=False)), strict=True))
+            if target.layer is not None:
+                return values, tf.reduce_sum(target(values[target.layer]))
+            return values, tf.reduce_sum(target(values[PREDICTION]))
+
+        spec = tf.TensorSpec((self.batch_size,) + self.input_shape, tf.float32)
+
+        @tf.function(input_signature=[spec], reduce_retracing=True)
+        def run(x: Any) -> dict[str, Any]:
+            if not wrt:
+                return dict(zip(keys, _listed(forward(x, training=False)), strict=True))
+            result: dict[str, Any] = {}
+            plain = "layer" in wrt or ("input" in wrt and guided is None)
+            if plain:
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    values, total = values_and_score(forward, x)
+                sources = []
+                if "layer" in wrt:
+                    sources.append(("@grad:layer", values[layer_key]))
+                if "input" in wrt and guided is None:
+                    sources.append(("@grad:input", x))
+                grads = tape.gradient(total, [s for _, s in sources])
+                result.update(values)
+                result.update({k: g for (k, _), g in zip(sources, grads, strict=True)})
+            if guided is not None:
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    gvalues, gtotal = values_and_score(guided, x)
+                result["@grad:input"] = tape.gradient(gtotal, x)
+                if not plain:
+                    result.update(gvalues)
+            return result
+
+        self._graph_model = forward
+        # Trace now, not on the first frame (a live switch builds beside the loop); TF's
+        # "frequent retracing" warning counts every explainer's graph as one function's.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            run(np.zeros((self.batch_size,) + self.input_shape, np.float32))
+        finally:
+            logger.setLevel(level)
+
+        def call(batch: np.ndarray) -> dict[str, np.ndarray]:
+            return {k: v.numpy() for k, v in run(batch).items()}
+
+        return call
+
+    # -- per frame -----------------------------------------------------------------------------
+    def explain(self, batch: np.ndarray) -> Explanation:
+        """Map and prediction for one model input (1, H, W, C) float32."""
+        batch = np.asarray(batch, np.float32)
+        if batch.shape[1:] != self.input_shape:
+            raise CarvisError(f"input shape {batch.shape[1:]} does not match the model's "
+                              f"{self.input_shape}")
+        if self.smooth_n:
+            big = self._big
+            big[:] = batch[0]
+            span = float(batch.max() - batch.min()) or 1.0
+            noise = self._rng.standard_normal(big[1:].shape, dtype=np.float32)
+            big[1:] += noise * np.float32(self.smooth_sigma * span)
+            batch = big
+        outputs = self._forward(batch)
+        prediction = outputs.get(PREDICTION)
+        pred = None if prediction is None else np.asarray(prediction)[0].astype(np.float32)
+        amap = np.asarray(self.reduce(outputs), np.float32)
+        return Explanation(amap, pred, outputs)
+
+    __call__ = explain
+
+
+def _listed(outputs: Any) -> list[Any]:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
