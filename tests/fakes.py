@@ -19,7 +19,8 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from carvis.sources import Frame, Source
+from carvis.frame import Frame
+from carvis.sources import Source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,7 +295,7 @@ _SESSIONS: dict[str, object] = {}
 
 def session_and_profile(tmp_dir: Path) -> tuple[object, object]:
     """One ModelSession per test run (backends are built once per layer), and its profile."""
-    from carvis.extractor import ModelSession
+    from carvis.session import ModelSession
 
     if "default" not in _SESSIONS:
         path, profile = model_and_profile(tmp_dir)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import cv2
@@ -13,6 +13,8 @@ import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.sinks import Sink
+
+log = logging.getLogger("carvis")
 
 
 def check_writable_dir(path: Path, what: str) -> None:
@@ -85,9 +87,8 @@ class AviSink(Sink):
             # A live view change (grid, compare) mid-recording: an .avi holds one size, so the
             # frame is fitted to it rather than lost.
             if not self._resized:
-                warnings.warn(f"{self.path.name}: frame size {size[0]}x{size[1]} differs from "
-                              f"the recording's {self._size[0]}x{self._size[1]}; frames are "
-                              "resized to fit", stacklevel=2)
+                log.warning("%s: frame size %dx%d differs from the recording's %dx%d; frames "
+                            "are resized to fit", self.path.name, *size, *self._size)
                 self._resized = True
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         t0 = time.perf_counter()

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
+from carvis.frame import Frame
 from carvis.sinks import Sink
-from carvis.sources import Frame
 
 POLICIES = ("latest", "drop-new")
 

@@ -1,0 +1,81 @@
+"""Frames in: video files, folders of images, the synthetic track, cameras and streams.
+
+A source is an iterator of :class:`~carvis.frame.Frame` plus ``close()``; it is also a context
+manager. File and folder sources never drop a frame; live sources (camera, URL) are read through
+a capture thread that keeps only the latest frame. This module opens a source from its spec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carvis.errors import CarvisError
+
+# Frame lives in carvis.frame; re-exported here only until every caller imports it from there.
+from carvis.frame import Frame
+from carvis.sources.base import Source
+from carvis.sources.camera import (
+    PICAMERA_HELP,
+    CameraSettings,
+    CameraSource,
+    PiCameraSource,
+    orient,
+    running_on_pi,
+)
+from carvis.sources.files import IMAGE_SUFFIXES, FolderSource, VideoFileSource
+from carvis.sources.synthetic import SyntheticSource, parse_synthetic
+
+__all__ = [
+    "IMAGE_SUFFIXES", "PICAMERA_HELP", "URL_SCHEMES", "CameraSettings", "CameraSource",
+    "FolderSource", "Frame", "PiCameraSource", "Source", "SyntheticSource", "VideoFileSource",
+    "default_live_spec", "open_live_source", "open_source", "orient", "parse_synthetic",
+    "running_on_pi",
+]
+
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+
+
+def open_source(spec: str, *, loop: bool = False, fps: float | None = None) -> Source:
+    """Open a file source from its spec: a video path, an image folder or 'synthetic[...]'."""
+    spec = str(spec)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        kwargs = parse_synthetic(spec)
+        if fps:
+            kwargs["fps"] = fps
+        return SyntheticSource(loop=loop, **kwargs)
+    path = Path(spec)
+    if path.is_dir():
+        return FolderSource(path, fps=fps or 30.0, loop=loop)
+    return VideoFileSource(path, loop=loop)
+
+
+def default_live_spec() -> str:
+    """The source `carvis run` uses when none is given: picamera on a Pi, else camera 0."""
+    return "picamera" if running_on_pi() else "0"
+
+
+def open_live_source(spec: str | None, profile: object = None, *, loop: bool = False,
+                     **overrides: object) -> Source:
+    """Open a source for live mode: picamera, a camera index, a URL, a file or synthetic.
+
+    ``profile`` is a Profile (its ``camera:`` section is used) or that section as a dict;
+    ``overrides`` (size, fps, hflip, vflip, rotate) are flags that win over it. File sources
+    are returned as they are; the capture thread paces them at their own fps.
+    """
+    spec = default_live_spec() if spec is None else str(spec).strip()
+    camera = profile if isinstance(profile, dict) or profile is None else profile.camera
+    settings = CameraSettings.from_profile(camera, **overrides)
+    if spec == "picamera" or spec.startswith("picamera:"):
+        num = spec.partition(":")[2] or "0"
+        if not num.isdigit():
+            raise CarvisError(f"source {spec!r}: use picamera or picamera:N (camera number)")
+        return PiCameraSource(settings, int(num))
+    if spec.isdigit():
+        return CameraSource(int(spec), settings)
+    scheme, sep, _ = spec.partition("://")
+    if sep:
+        if scheme.lower() not in URL_SCHEMES:
+            raise CarvisError(f"source {spec!r}: unsupported URL scheme {scheme!r}; use one of "
+                              f"{', '.join(URL_SCHEMES)}")
+        return CameraSource(spec, settings)
+    return open_source(spec, loop=loop)

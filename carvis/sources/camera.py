@@ -1,0 +1,224 @@
+"""Cameras: a V4L2 index or stream URL through OpenCV, the Raspberry Pi camera through picamera2."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from carvis import settings as checks
+from carvis.errors import CarvisError
+from carvis.frame import Frame
+from carvis.sources.base import Source
+
+PICAMERA_HELP = ("on Raspberry Pi OS install it with: sudo apt install -y python3-picamera2, "
+                 "and make the venv see it: python3 -m venv --system-site-packages .venv")
+
+_ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180,
+              270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+@dataclasses.dataclass
+class CameraSettings:
+    """How a camera is opened: size (width, height), frame rate, flips and rotation."""
+
+    size: tuple[int, int] | None = (1280, 720)
+    fps: float = 30.0
+    hflip: bool = False
+    vflip: bool = False
+    rotate: int = 0
+
+    @classmethod
+    def from_profile(cls, camera: dict | None = None, *, origin: checks.Origin = checks.LIVE,
+                     **overrides: object) -> CameraSettings:
+        """The profile's ``camera:`` section with flag overrides (None = keep the profile's).
+
+        Every value is checked by :func:`carvis.settings.camera`: the section's in the words of
+        ``origin``, the overrides' as flags (``--fps 500 is not valid; ...``).
+        """
+        cam = checks.camera(camera or {}, origin)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        cam.update(checks.camera(flags, checks.FLAGS))
+        size = cam.get("size")
+        return cls(
+            size=(int(size[0]), int(size[1])) if size else None,
+            fps=float(cam.get("fps", 30.0)),
+            hflip=bool(cam.get("hflip", False)),
+            vflip=bool(cam.get("vflip", False)),
+            rotate=int(cam.get("rotate", 0)),
+        )
+
+
+def orient(image: np.ndarray, hflip: bool = False, vflip: bool = False, rotate: int = 0
+           ) -> np.ndarray:
+    """Flip, then rotate clockwise by 0/90/180/270 degrees (a new array unless nothing to do)."""
+    if hflip or vflip:
+        image = cv2.flip(image, -1 if hflip and vflip else (1 if hflip else 0))
+    if rotate:
+        image = cv2.rotate(image, _ROTATIONS[rotate])
+    return image
+
+
+class _QuietOpenCV:
+    """Silences OpenCV's and FFmpeg's own log lines while a device is opened (we say it once)."""
+
+    def __enter__(self) -> None:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+        self._level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+    def __exit__(self, *exc: object) -> None:
+        cv2.utils.logging.setLogLevel(self._level)
+
+
+class CameraSource(Source):
+    """A camera index (V4L2 / webcam) or a stream URL (rtsp://, http://) read by OpenCV."""
+
+    live = True
+
+    def __init__(self, device: int | str, settings: CameraSettings | None = None,
+                 timeout_ms: int = 5000) -> None:
+        self.device = device
+        self.settings = settings or CameraSettings()
+        is_url = isinstance(device, str)
+        self.name = device if is_url else f"camera {device}"
+        with _QuietOpenCV():
+            if is_url:
+                cap = cv2.VideoCapture(device, cv2.CAP_FFMPEG,
+                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+            else:
+                cap = cv2.VideoCapture(device)
+            if not cap.isOpened():
+                cap.release()
+                raise CarvisError(self._failure("cannot be opened"))
+            if not is_url:
+                if self.settings.size:
+                    cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.settings.size[0])
+                    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.settings.size[1])
+                cap.set(cv2.CAP_PROP_FPS, self.settings.fps)
+                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # a deep driver queue is latency
+            ok, first = cap.read()
+        if not ok or first is None:
+            cap.release()
+            raise CarvisError(self._failure("opened but delivers no frames"))
+        self._cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else self.settings.fps
+        self._pending: np.ndarray | None = first
+        self._index = 0
+        image = self._orient(first)
+        self.size = (image.shape[1], image.shape[0])
+
+    def _failure(self, what: str) -> str:
+        if isinstance(self.device, str):
+            return (f"stream {self.device!r} {what}; check the URL and that the sender is "
+                    "running (try it with ffplay)")
+        return (f"camera {self.device} {what} (no such device, or in use by another "
+                "program); check ls /dev/video*, or pass --source FILE|URL|synthetic")
+
+    def _orient(self, image: np.ndarray) -> np.ndarray:
+        s = self.settings
+        return orient(image, s.hflip, s.vflip, s.rotate)
+
+    def read(self) -> Frame | None:
+        """The next frame, flipped and rotated as set, or None when the device stops."""
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+        else:
+            ok, image = self._cap.read()
+            if not ok or image is None:
+                return None
+        frame = Frame(self._orient(image), self._index, time.monotonic(), self.name)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        """Release the device."""
+        self._cap.release()
+
+
+class PiCameraSource(Source):
+    """The Raspberry Pi camera through picamera2 (imported only when this source is used)."""
+
+    live = True
+
+    def __init__(self, settings: CameraSettings | None = None, camera_num: int = 0) -> None:
+        self.settings = s = settings or CameraSettings()
+        self.name = f"picamera {camera_num}"
+        try:
+            import libcamera
+            from picamera2 import Picamera2
+        except ImportError as exc:
+            raise CarvisError(f"source 'picamera' needs the picamera2 library ({exc}); "
+                              f"{PICAMERA_HELP}") from None
+        # libcamera flips in hardware; 180 degrees is both flips, 90/270 are done in software.
+        half_turn = s.rotate == 180
+        self._rotate = s.rotate if s.rotate in (90, 270) else 0
+        try:
+            camera = Picamera2(camera_num)
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise CarvisError(f"no Raspberry Pi camera {camera_num} found ({exc}); check the "
+                              "ribbon cable and that rpicam-hello --list-cameras lists it"
+                              ) from None
+        try:
+            size = tuple(s.size) if s.size else (1280, 720)
+            config = camera.create_video_configuration(
+                main={"size": size, "format": "RGB888"},
+                controls={"FrameRate": float(s.fps)},
+                transform=libcamera.Transform(hflip=int(s.hflip != half_turn),
+                                              vflip=int(s.vflip != half_turn)),
+            )
+            camera.configure(config)
+            camera.start()
+        except (RuntimeError, ValueError, OSError) as exc:
+            camera.close()
+            raise CarvisError(f"the Raspberry Pi camera cannot be started at {size[0]}x"
+                              f"{size[1]} {s.fps:g} fps ({exc}); try another camera size "
+                              "or fps in the profile's camera section") from None
+        self._camera = camera
+        self.fps = float(s.fps)
+        self._index = 0
+        self._closed = False
+
+    def read(self) -> Frame | None:
+        """The next camera frame (BGR, rotated as set), or None once closed."""
+        if self._closed:
+            return None
+        # "RGB888" is stored B, G, R in memory: already OpenCV's order. capture_array copies
+        # the camera buffer, so each frame is a fresh array.
+        image = self._camera.capture_array("main")
+        if self._rotate:
+            image = cv2.rotate(image, _ROTATIONS[self._rotate])
+        frame = Frame(image, self._index, time.monotonic(), self.name)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        """Stop and close the camera (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._camera.stop()
+        finally:
+            self._camera.close()
+
+
+def running_on_pi() -> bool:
+    """True on a Raspberry Pi (device-tree model) or wherever picamera2 is importable."""
+    try:
+        model = Path("/proc/device-tree/model").read_bytes()
+    except OSError:
+        model = b""
+    if b"Raspberry Pi" in model:
+        return True
+    try:
+        return importlib.util.find_spec("picamera2") is not None
+    except (ImportError, ValueError):
+        return False
