@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
+import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,10 +35,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from carvis import pipeline, sources
+from carvis import models, pipeline, sources
 from carvis.errors import CarvisError
 from carvis.profile import Profile
+from carvis.session import ModelSession
 from carvis.sinks.files import AviSink
+from carvis.tfquiet import quiet_environment
 
 
 @dataclasses.dataclass
@@ -89,6 +91,25 @@ def _frames(spec: str, n: int | None, fps: float | None) -> tuple[Any, Any]:
     return source, frames
 
 
+def _timed(frames: Any) -> Any:
+    """(frame, seconds its read took) for each frame."""
+    it = iter(frames)
+    while True:
+        t0 = time.perf_counter()
+        frame = next(it, None)
+        if frame is None:
+            return
+        yield frame, time.perf_counter() - t0
+
+
+def _sink_stages(stages: dict[str, float], sink: AviSink) -> dict[str, float]:
+    """The stage medians with the sink's own encode/write split added."""
+    for name, ring in sink.timings.items():
+        if ring:
+            stages[name] = float(np.median(list(ring))) * 1e3
+    return stages
+
+
 def run_pipeline(method: str, spec: str, n: int | None, fps: float | None,
                  processor: Any, out: Path) -> RunResult:
     """One timed pass of pipeline.render with a renderer (carvis) or CropOnly (floor)."""
@@ -103,10 +124,7 @@ def run_pipeline(method: str, spec: str, n: int | None, fps: float | None,
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
     stages = processor.times.median_ms()
     stages.pop("write", None)  # the sink's own split below is finer
-    for name, ring in sink.timings.items():
-        if ring:
-            stages[name] = float(np.median(list(ring))) * 1e3
-    return RunResult(method, written, seconds, stages, cpu)
+    return RunResult(method, written, seconds, _sink_stages(stages, sink), cpu)
 
 
 def run_io_loop(spec: str, n: int | None, fps: float | None, processor: CropOnly,
@@ -120,35 +138,24 @@ def run_io_loop(spec: str, n: int | None, fps: float | None, processor: CropOnly
         written = 0
         c0, t0 = _cpu(), time.perf_counter()
         with sink:
-            it = iter(frames)
-            while True:
-                a = time.perf_counter()
-                frame = next(it, None)
-                if frame is None:
-                    break
-                times.add("decode", time.perf_counter() - a)
+            for frame, read in _timed(frames):
+                times.add("decode", read)
                 sink.write(processor.process(frame.image))
                 written += 1
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
-    stages = times.median_ms()
-    for name, ring in sink.timings.items():
-        if ring:
-            stages[name] = float(np.median(list(ring))) * 1e3
-    return RunResult("loop", written, seconds, stages, cpu)
+    return RunResult("loop", written, seconds, _sink_stages(times.median_ms(), sink), cpu)
 
 
 class SeedMethod:
     """The seed notebook's per-frame method, on the Keras model cut at the profile's layer."""
 
     def __init__(self, model_path: Path, profile: Profile, lambda_policy: str = "error") -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        quiet_environment()
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        from carvis import models
 
         self.plt, self.canvas_class = plt, FigureCanvasAgg
         model = models.load_model(model_path, lambda_policy=lambda_policy)
@@ -185,18 +192,14 @@ class SeedMethod:
         with source:
             crop = None
             c0, t0 = _cpu(), time.perf_counter()
-            it = iter(frames)
-            while True:
-                a = time.perf_counter()
-                frame = next(it, None)
-                if frame is None:
-                    break
+            for frame, read in _timed(frames):
                 image = frame.image
                 if crop is None:
                     crop = (p.crop.pixels(*image.shape[:2]) if p.crop is not None
                             else (0, image.shape[0], 0, image.shape[1]))
                 t, b, lft, r = crop
                 b_ = time.perf_counter()
+                a = b_ - read
                 cropped = image[t:b, lft:r]
                 dst = cv2.resize(cropped, self.input_size, interpolation=cv2.INTER_LANCZOS4)
                 dst = cv2.filter2D(dst, -1, kernel)
@@ -302,9 +305,7 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
           workdir: Path | None = None, log: Any = None) -> str:
     """Time every method on the same frames, round after round; the report as Markdown."""
     # tensorflow=True also times carvis on the TensorFlow backend in each round, beside LiteRT.
-    from carvis.extractor import ModelSession
-
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or logging.getLogger("carvis").info
     if repeat < 1:
         raise CarvisError(f"--repeat {repeat} must be at least 1")
     session = ModelSession(model_path, backend=backend, lambda_policy=lambda_policy)

@@ -10,8 +10,9 @@ import numpy as np
 
 from carvis import views
 from carvis.errors import CarvisError
-from carvis.extractor import ModelSession, Preprocessor
+from carvis.preprocess import Preprocessor
 from carvis.profile import Profile
+from carvis.session import ModelSession
 
 
 def read_frame(path: str | Path) -> np.ndarray:

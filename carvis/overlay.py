@@ -11,13 +11,7 @@ import cv2
 import numpy as np
 
 from carvis.errors import CarvisError
-
-#: OpenCV colormaps by lower-case name ("inferno", "jet", "turbo", ...).
-COLORMAPS: dict[str, int] = {
-    name[len("COLORMAP_"):].lower(): getattr(cv2, name)
-    for name in dir(cv2)
-    if name.startswith("COLORMAP_")
-}
+from carvis.settings import COLORMAPS
 
 
 def colormap_id(name: str) -> int:
@@ -161,6 +155,7 @@ class Overlay:
         self._mask = np.empty((h, w), np.uint8)
         self._colored = np.empty((h, w, 3), np.uint8)
         self._merged = np.empty((h, w, 3), np.uint8)
+        self._lut_key: tuple[float, str] | None = None
 
     def map8(self, norm: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Upsampled uint8 map of a normalised float map (reused buffer)."""
@@ -178,6 +173,34 @@ class Overlay:
         if out is None:
             out = self._merged
         return compose(roi, self._colored, self._mask, out)
+
+    def draw(self, roi: np.ndarray, norm: np.ndarray) -> None:
+        """apply(roi, norm, out=roi) without IPP: the same pixels, two full passes fewer."""
+        # Threshold and colormap fold into one 256-entry LUT that is black at and below the
+        # threshold: AND-ing the colour with the mask and adding it is then a plain add.
+        h, w = roi.shape[:2]
+        # OpenCV's own bicubic upsample is 8x faster than Intel IPP's here (0.4 vs 3.2 ms at
+        # 1800x480) and is what ARM builds (the Pi) always run; the two differ by float
+        # rounding (one grey level on 1e-5 of the pixels). The IPP switch is per thread.
+        ipp = cv2.ipp.useIPP()
+        cv2.ipp.setUseIPP(False)
+        try:
+            map8 = self.map8(norm, (w, h))
+        finally:
+            cv2.ipp.setUseIPP(ipp)
+        cv2.applyColorMap(map8, self._masked_lut(), dst=self._colored)
+        cv2.add(roi, self._colored, dst=roi)
+
+    def _masked_lut(self) -> np.ndarray:
+        """The colormap LUT with the entries the threshold masks out set to black (cached)."""
+        key = (self.threshold, self.colormap)
+        if key != self._lut_key:
+            ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+            keep = threshold_mask(ramp, self.threshold)
+            lut = colormap_lut(self.colormap)
+            self._lut = cv2.bitwise_and(lut, lut, mask=keep)
+            self._lut_key = key
+        return self._lut
 
 
 class MapNormalizer:

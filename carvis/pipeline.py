@@ -1,4 +1,4 @@
-"""Wires source → extractor → overlay → sinks; the only module that knows all the stages."""
+"""Wires source → model → overlay → sink: the Renderer (one frame) and render() (a stream)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
 
-from carvis import explain, export, views
+from carvis import explain, views
 from carvis import overlay as ov
 from carvis.errors import CarvisError
-from carvis.extractor import ModelSession, Preprocessor
-from carvis.profile import Profile, parse_channel
+from carvis.frame import Frame
+from carvis.preprocess import Preprocessor
+from carvis.profile import Profile
+from carvis.session import ModelSession
 from carvis.sinks import Sink
-from carvis.sources import Frame
 
 STAGES = ("preprocess", "model", "overlay")
 
@@ -41,7 +43,11 @@ class StageTimes:
 
 
 class Renderer:
-    """Turns one frame into its overlay according to a profile; reusable buffers, no predict."""
+    """Turns one frame into its overlay according to a profile; reusable buffers, no predict.
+
+    Settings change through one door, :meth:`apply` (all or nothing); :meth:`prepare` builds
+    what a change needs beforehand, outside the loop; :meth:`settings` says what is in force.
+    """
 
     def __init__(self, session: ModelSession, profile: Profile) -> None:
         self.session = session
@@ -49,142 +55,116 @@ class Renderer:
         self.overlay = ov.Overlay(profile.threshold, profile.colormap)
         self.normalizer = ov.MapNormalizer(profile.normalize, profile.range, profile.decay,
                                            profile.ema)
-        self.enabled = True
         self.times = StageTimes()
-        self._lut_key: tuple[float, str] | None = None
-        self._lut = np.empty((256, 1, 3), np.uint8)
-        self._colored = np.empty((0, 0, 3), np.uint8)
-        self.channel: int | str = profile.channel
-        self.set_layer(profile.layer)
-        self.set_channel(profile.channel)
-        self._init_mode()
+        self.enabled = True
+        self.prediction: np.ndarray | None = None
+        self.explanation: explain.Explanation | None = None
+        self._raw = np.empty((0, 0, 3), np.uint8)
+        self.view, self.hud, self.compare = profile.view, profile.hud, profile.compare
+        self.smoothgrad = profile.smoothgrad
+        self.mode, self.target, self.channel = profile.mode, profile.target, profile.channel
+        self.backend = self._layer_backend(profile.layer)
+        self.preprocess = self._preprocessor(self.backend)
+        self.channel = self._checked_channel(profile.channel, self.backend)
+        self.explainer = self._explainer(self.mode, self.target, self.backend, self.hud)
 
-    # -- settings ---------------------------------------------------------------------------
-    def set_layer(self, spec: str | int) -> None:
-        """Switch to another layer (its backend is built once and kept)."""
+    # -- settings: one way in -------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The render settings in force (layer by its name)."""
+        return {"threshold": self.overlay.threshold, "channel": self.channel,
+                "layer": self.backend.layer_name, "colormap": self.overlay.colormap,
+                "overlay": self.enabled, "mode": self.mode, "target": self.target,
+                "view": self.view, "hud": self.hud, "compare": self.compare,
+                "smoothgrad": self.smoothgrad}
+
+    def prepare(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Build the layer backend and explainer a change needs (seconds, the first time:
+        a conversion, a graph trace); the values with the layer resolved to its name."""
+        values = dict(values)
+        backend = self._layer_backend(values["layer"]) if "layer" in values else self.backend
+        if "layer" in values:
+            values["layer"] = backend.layer_name
+        if {"mode", "target", "layer", "hud", "smoothgrad"} & values.keys():
+            self._explainer(values.get("mode", self.mode), values.get("target", self.target),
+                            backend, values.get("hud", self.hud),
+                            values.get("smoothgrad", self.smoothgrad))
+        return values
+
+    def apply(self, values: dict[str, Any]) -> None:
+        """Apply checked settings (carvis.settings) all or nothing: a value the model refuses
+        (a channel the layer lacks, a mode the backend cannot run) changes nothing."""
+        backend = self._layer_backend(values["layer"]) if "layer" in values else self.backend
+        channel = values.get("channel", self.channel)
+        if "channel" not in values and isinstance(channel, int) \
+                and channel >= backend.output_shape[-1]:
+            channel = 0  # a new layer with fewer channels
+        channel = self._checked_channel(channel, backend)
+        mode, target = values.get("mode", self.mode), values.get("target", self.target)
+        hud, smoothgrad = values.get("hud", self.hud), values.get("smoothgrad", self.smoothgrad)
+        explainer = self._explainer(mode, target, backend, hud, smoothgrad)
+        colormap = values.get("colormap", self.overlay.colormap)
+        ov.colormap_id(colormap)
+        if (backend is not self.backend or channel != self.channel or mode != self.mode
+                or target != self.target):
+            self.normalizer.reset()
+        if backend.input_shape != self.backend.input_shape:
+            self.preprocess = self._preprocessor(backend)
+        self.backend, self.channel, self.explainer = backend, channel, explainer
+        self.mode, self.target, self.hud, self.smoothgrad = mode, target, hud, smoothgrad
+        self.overlay.threshold = float(values.get("threshold", self.overlay.threshold))
+        self.overlay.colormap = colormap
+        self.enabled = values.get("overlay", self.enabled)
+        self.view = values.get("view", self.view)
+        self.compare = values.get("compare", self.compare)
+
+    @property
+    def channels(self) -> int:
+        """How many channels the current layer has."""
+        return int(self.backend.output_shape[-1])
+
+    @property
+    def layer_name(self) -> str:
+        """The current layer's name."""
+        return self.backend.layer_name
+
+    def _layer_backend(self, spec: str | int) -> Any:
         backend = self.session.backend(spec)
         if len(backend.output_shape) != 3:
             raise CarvisError(f"layer {backend.layer_name!r} has output shape "
                               f"{backend.output_shape}, not a spatial map; pick a conv layer "
                               f"({', '.join(self.session.conv_layers())})")
-        h, w, c = backend.input_shape
+        h, w, _ = backend.input_shape
         size = self.profile.input_size or (w, h)
         if size != (w, h):
             raise CarvisError(f"profile input_size {list(size)} does not match the model's "
                               f"input {w}x{h}; fix preprocess.input_size")
-        self.backend = backend
-        self.preprocess = Preprocessor(self.profile, (w, h), c)
-        self.normalizer.reset()
-        if isinstance(self.channel, int) and self.channel >= backend.output_shape[-1]:
-            self.channel = 0
-        if getattr(self, "_explainers", None) is not None:  # the mode may read this layer
-            self.explainer = self.prepare_explainer()
+        return backend
 
-    def set_channel(self, channel: int | str) -> None:
-        """Pick a channel index, or 'mean' / 'max' over channels; checked against the layer."""
-        channel = parse_channel(channel)
-        n = self.backend.output_shape[-1]
+    def _preprocessor(self, backend: Any) -> Preprocessor:
+        h, w, c = backend.input_shape
+        return Preprocessor(self.profile, (w, h), c)
+
+    @staticmethod
+    def _checked_channel(channel: int | str, backend: Any) -> int | str:
+        n = backend.output_shape[-1]
         if isinstance(channel, int) and not -n <= channel < n:
             raise CarvisError(f"channel {channel} is out of range: layer "
-                              f"{self.backend.layer_name!r} has {n} channels "
+                              f"{backend.layer_name!r} has {n} channels "
                               f"(use 0..{n - 1}, 'mean' or 'max')")
-        self.channel = channel
-        self.normalizer.reset()
+        return channel
 
-    @property
-    def channels(self) -> int:
-        return int(self.backend.output_shape[-1])
-
-    # -- modes (carvis.explain), views -----------------------------------------------------
-    def _init_mode(self) -> None:
-        """Mode, target, view, HUD and compare from the profile (the layer is set)."""
-        p = self.profile
-        self.view, self.hud, self.compare, self.smoothgrad = p.view, p.hud, p.compare, \
-            p.smoothgrad
-        self.prediction: np.ndarray | None = None
-        self.explanation: explain.Explanation | None = None
-        self.explainer: explain.Explainer | None = None
-        self._explainers: dict[tuple, explain.Explainer | None] = {}
-        self._raw = np.empty((0, 0, 3), np.uint8)
-        self.mode, self.target = "activation", p.target
-        self.set_mode(p.mode, p.target)
-
-    def set_mode(self, mode: str, target: str | None = None) -> None:
-        """Switch what the map shows: activation, vbp, gradcam, saliency, guided, ..."""
-        mode = explain.parse_mode(mode)
-        target = explain.parse_target(self.target if target is None else target)
-        self.explainer = self.prepare_explainer(mode, target)
-        self.mode, self.target = mode, target
-        self.normalizer.reset()
-
-    def set_hud(self, on: bool) -> None:
-        """Draw the model's steering on the frame (activation mode then runs the whole net)."""
-        self.hud = bool(on)
-        self.explainer = self.prepare_explainer()
-
-    def prepare_explainer(self, mode: str | None = None, target: str | None = None,
-                          layer: str | int | None = None, hud: bool | None = None
-                          ) -> explain.Explainer | None:
-        """The explainer for a mode, target and layer, built once and kept (None: the layer's
-        backend alone gives the map). Safe to call beside the loop, to build ahead."""
-        mode = explain.parse_mode(mode or self.mode)
-        target = explain.parse_target(self.target if target is None else target)
-        name = self.backend.layer_name if layer is None else self.session.backend(layer).layer_name
-        if mode == "activation" and not (self.hud if hud is None else hud):
+    def _explainer(self, mode: str, target: str, backend: Any, hud: bool,
+                   smoothgrad: tuple[int, float] | None = None) -> explain.Explainer | None:
+        """The session's explainer for a mode (None: the layer's backend alone gives the map)."""
+        if mode == "activation" and not hud:
             return None
-        smooth = self.smoothgrad if mode in ("saliency", "guided") else None
+        smooth = (self.smoothgrad if smoothgrad is None else smoothgrad) \
+            if mode in ("saliency", "guided") else None
         uses_layer = mode in ("activation", "gradcam", "guided-gradcam") or target == "layer"
-        key = (mode, target, name if uses_layer else None, smooth)
-        if key not in self._explainers:
-            self._explainers[key] = self._build_explainer(mode, target, name, smooth)
-        return self._explainers[key]
+        return self.session.explainer(mode, target, backend.layer_name if uses_layer else None,
+                                      smooth)
 
-    def _build_explainer(self, mode: str, target: str, layer: str,
-                         smooth: tuple[int, float] | None) -> explain.Explainer:
-        import sys
-
-        session = self.session
-        if session.is_tflite:
-            what = "the HUD" if mode == "activation" else f"mode {mode!r}"
-            raise CarvisError(f"{what} needs the Keras model (.h5/.keras): {session.path.name} "
-                              "holds one layer; give that model with --model, or use mode "
-                              "activation without the HUD")
-        kwargs = {"layer": layer, "channel": self.channel, "target": target,
-                  "smoothgrad": smooth}
-        if mode in explain.GRADIENT_MODES:
-            explain.require_tensorflow(mode, "litert" if session.requested == "litert"
-                                       else "tensorflow")
-        elif self.backend.name == "litert":
-            try:
-                return explain.make_explainer(mode, session.model, **kwargs,
-                                              forward_factory=self._litert_forward)
-            except export.ConversionError as exc:
-                if session.requested != "auto":
-                    raise
-                print(f"carvis: note: {exc}; running mode {mode} on TensorFlow instead",
-                      file=sys.stderr)
-        return explain.make_explainer(mode, session.model, **kwargs)
-
-    def _litert_forward(self, names: tuple[str, ...], steering: str) -> explain.LiteRTForward:
-        """A several-output .tflite of the layers (cached like the one-layer files)."""
-
-        session = self.session
-        outputs = [*names, steering]
-        cached = export.outputs_cache_path(export.file_sha256(session.path), outputs,
-                                           session.lambda_policy)
-        data = None
-        if cached.is_file():
-            try:
-                data = cached.read_bytes()
-                return explain.LiteRTForward(data, {steering: explain.PREDICTION},
-                                             session.path.name, session.num_threads)
-            except (OSError, CarvisError):
-                data = None  # unreadable: convert again below
-        data = export.convert_outputs(session.model, outputs)
-        export.write_cached(cached, data)
-        return explain.LiteRTForward(data, {steering: explain.PREDICTION}, session.path.name,
-                                     session.num_threads)
-
+    # -- per frame ------------------------------------------------------------------------------
     def _map(self, roi: np.ndarray, image: np.ndarray, batch: np.ndarray
              ) -> tuple[np.ndarray | None, np.ndarray]:
         """(the layer's activation, or None, and the 2-D float map) of a frame; keeps a copy of
@@ -223,7 +203,6 @@ class Renderer:
             self.times.add("views", time.perf_counter() - t0)
         return out
 
-    # -- per frame --------------------------------------------------------------------------
     def activation(self, image: np.ndarray) -> np.ndarray:
         """The raw float activation map (h, w) of the chosen layer and channel."""
         batch = self.preprocess(self.preprocess.roi(image))
@@ -241,8 +220,7 @@ class Renderer:
         act, amap = self._map(roi, image, batch)
         t2 = time.perf_counter()
         if self.enabled and self.view == "overlay":
-            norm = self.normalizer(amap)
-            self._compose(roi, norm)
+            self.overlay.draw(roi, self.normalizer(amap))
         t3 = time.perf_counter()
         self.times.add("preprocess", t1 - t0)
         self.times.add("model", t2 - t1)
@@ -252,36 +230,6 @@ class Renderer:
         if self.profile.output_size is not None:
             out = cv2.resize(out, self.profile.output_size, interpolation=cv2.INTER_AREA)
         return out
-
-    def _compose(self, roi: np.ndarray, norm: np.ndarray) -> None:
-        """overlay.apply(roi, norm, out=roi) without IPP: same pixels, two full passes fewer."""
-        # Threshold and colormap fold into one 256-entry LUT that is black at and below the
-        # threshold: AND-ing the colour with the mask and adding it is then a plain add.
-        h, w = roi.shape[:2]
-        # OpenCV's own bicubic upsample is 8x faster than Intel IPP's here (0.4 vs 3.2 ms at
-        # 1800x480) and is what ARM builds (the Pi) always run; the two differ by float
-        # rounding (one grey level on 1e-5 of the pixels). The IPP switch is per thread.
-        ipp = cv2.ipp.useIPP()
-        cv2.ipp.setUseIPP(False)
-        try:
-            map8 = self.overlay.map8(norm, (w, h))
-        finally:
-            cv2.ipp.setUseIPP(ipp)
-        if self._colored.shape[:2] != (h, w):
-            self._colored = np.empty((h, w, 3), np.uint8)
-        cv2.applyColorMap(map8, self._masked_lut(), dst=self._colored)
-        cv2.add(roi, self._colored, dst=roi)
-
-    def _masked_lut(self) -> np.ndarray:
-        """The colormap LUT with the entries the threshold masks out set to black (cached)."""
-        key = (self.overlay.threshold, self.overlay.colormap)
-        if key != self._lut_key:
-            ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
-            keep = ov.threshold_mask(ramp, self.overlay.threshold)
-            lut = ov.colormap_lut(self.overlay.colormap)
-            self._lut = cv2.bitwise_and(lut, lut, mask=keep)
-            self._lut_key = key
-        return self._lut
 
 
 _END = object()

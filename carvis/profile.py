@@ -13,16 +13,13 @@ from typing import Any
 
 import yaml
 
+from carvis import settings
 from carvis.errors import CarvisError
 
 #: Where the project's own default model and profiles live (a fresh clone runs from here).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_PROFILE = MODELS_DIR / "default.yaml"
 
-INTERPOLATIONS = ("nearest", "linear", "cubic", "area", "lanczos")
-COLORS = ("bgr", "rgb")
-OUTPUTS = ("roi", "frame")
-NORMALIZATIONS = ("minmax", "fixed", "running")
 
 # The profile applied when a model is given without a profile: whole frame, the model's own
 # input size, RGB scaled to 0..1 (the DonkeyCar convention), the second conv layer.
@@ -59,9 +56,6 @@ GENERIC: dict[str, Any] = {
     "hud": False,
     "compare": False,
 }
-
-VIEWS = ("overlay", "grid")
-
 
 @dataclasses.dataclass
 class Crop:
@@ -122,14 +116,18 @@ class Profile:
 
     def replace(self, **changes: Any) -> Profile:
         """A copy with some values changed, validated like the file's."""
+        # What is changed here comes from the command line: a bad value is the flag's.
         data = self.to_dict()
         for key, value in changes.items():
             if value is None:
                 continue
-            if key in data["preprocess"]:
-                data["preprocess"][key] = value
+            if key == "crop":
+                data["preprocess"]["crop"] = value  # parse() checks it below
+            elif key in data["preprocess"]:
+                data["preprocess"][key] = settings.check(f"preprocess.{key}", value,
+                                                         settings.FLAGS)
             else:
-                data[key] = value
+                data[key] = settings.check(key, value, settings.FLAGS)
         return parse(data, source=self.source, base=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,10 +165,6 @@ class Profile:
         }
 
 
-def _fail(source: str, key: str, value: Any, allowed: str) -> CarvisError:
-    return CarvisError(f"{source}: {key} = {value!r} is not valid; {allowed}")
-
-
 def _merge(base: dict[str, Any], override: dict[str, Any], source: str, prefix: str = ""
            ) -> dict[str, Any]:
     out = copy.deepcopy(base)
@@ -180,198 +174,70 @@ def _merge(base: dict[str, Any], override: dict[str, Any], source: str, prefix: 
             raise CarvisError(f"{source}: unknown key {prefix}{key!r}; allowed keys: {allowed}")
         if isinstance(base[key], dict) and key != "crop":
             if not isinstance(value, dict):
-                raise _fail(source, prefix + key, value, "expected a mapping")
+                raise settings.ProfileOrigin(source).fail(prefix + key, value,
+                                                          "expected a mapping")
             out[key] = _merge(base[key], value, source, prefix + key + ".")
         else:
             out[key] = value
     return out
 
 
-def _number(source: str, key: str, value: Any, lo: float | None = None, hi: float | None = None,
-            integer: bool = False) -> float:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise _fail(source, key, value, f"expected {'an integer' if integer else 'a number'}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise _fail(source, key, value, f"allowed range {lo}..{hi}")
-    return value
-
-
-def _choice(source: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
-    v = str(value).lower() if isinstance(value, str) else value
-    if v not in choices:
-        raise _fail(source, key, value, f"choose one of: {', '.join(choices)}")
-    return v
-
-
-def _size(source: str, key: str, value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16384
-                       for v in value)):
-        raise _fail(source, key, value, "expected [width, height] in pixels, 1..16384")
-    return int(value[0]), int(value[1])
-
-
-def _crop(source: str, value: Any) -> Crop | None:
+def _crop(origin: settings.Origin, value: Any) -> Crop | None:
     if value is None:
         return None
     if isinstance(value, (list, tuple)) and len(value) == 4:
         value = dict(zip(("top", "bottom", "left", "right"), value))
     if not isinstance(value, dict):
-        raise _fail(source, "preprocess.crop", value,
-                    "expected {top, bottom, left, right} (pixels, or fractions 0..1)")
+        raise origin.fail("preprocess.crop", value,
+                          "expected {top, bottom, left, right} (pixels, or fractions 0..1)")
     crop = Crop()
     for key, v in value.items():
         if key not in ("top", "bottom", "left", "right"):
-            raise CarvisError(f"{source}: unknown key 'preprocess.crop.{key}'; "
-                              "allowed keys: top, bottom, left, right")
+            raise CarvisError(f"{getattr(origin, 'source', 'profile')}: unknown key "
+                              f"'preprocess.crop.{key}'; allowed keys: top, bottom, left, right")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
                 isinstance(v, float) and v > 1):
-            raise _fail(source, f"preprocess.crop.{key}", v,
-                        "expected pixels (an integer >= 0) or a fraction 0.0..1.0")
+            raise origin.fail(f"preprocess.crop.{key}", v,
+                              "expected pixels (an integer >= 0) or a fraction 0.0..1.0")
         setattr(crop, key, v)
     return crop
 
 
-def parse_layer(value: Any) -> str | int:
-    """A layer spec: a name, an integer index, or 'conv:N'."""
-    if isinstance(value, bool):
-        raise CarvisError(f"layer {value!r} is not valid; give a name, an index or conv:N")
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    if text.lower().startswith("conv:"):
-        n = text[5:]
-        if not n.isdigit() or int(n) < 1:
-            raise CarvisError(f"layer {text!r} is not valid; conv:N counts conv layers from 1")
-        return f"conv:{int(n)}"
-    if not text:
-        raise CarvisError("layer is empty; give a name, an index or conv:N")
-    return text
-
-
-def parse_channel(value: Any) -> int | str:
-    """A channel spec: an integer index, 'mean' or 'max'."""
-    if isinstance(value, bool):
-        raise CarvisError(f"channel {value!r} is not valid; give an index, 'mean' or 'max'")
-    if isinstance(value, int):
-        return value
-    text = str(value).strip().lower()
-    if text in ("mean", "max"):
-        return text
-    if text.lstrip("-").isdigit():
-        return int(text)
-    raise CarvisError(f"channel {value!r} is not valid; give an index, 'mean' or 'max'")
+#: Profile keys checked by carvis.settings, by their dotted path.
+_CHECKED = ("threshold", "colormap", "layer", "channel", "normalize", "range", "decay", "ema",
+            "output", "output_size", "mode", "target", "smoothgrad", "view", "hud", "compare")
+_PREPROCESS = ("input_size", "interpolation", "smooth", "color", "scale", "offset")
 
 
 def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | None = None
           ) -> Profile:
     """Validate plain profile data (as read from YAML) into a Profile."""
-    from carvis.overlay import COLORMAPS  # cv2 import kept out of module import time
-
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise CarvisError(f"{source}: a profile is a mapping of keys, got {type(data).__name__}")
+    origin = settings.ProfileOrigin(source)
     d = _merge(GENERIC, data, source)
-    pre = d["preprocess"]
     model = d["model"]
     if model is not None:
         model = Path(model)
         if base is not None and not model.is_absolute():
             model = base / model
-    threshold = _number(source, "threshold", d["threshold"], 0, 255)
-    colormap = _choice(source, "colormap", d["colormap"], tuple(sorted(COLORMAPS)))
-    rng = d["range"]
-    if rng is not None:
-        if (not isinstance(rng, (list, tuple)) or len(rng) != 2
-                or not all(isinstance(v, (int, float)) for v in rng) or rng[0] >= rng[1]):
-            raise _fail(source, "range", rng, "expected [low, high] with low < high")
-        rng = (float(rng[0]), float(rng[1]))
-    normalize = _choice(source, "normalize", d["normalize"], NORMALIZATIONS)
-    if normalize == "fixed" and rng is None:
+    values = {key: settings.check(key, d[key], origin) for key in _CHECKED}
+    pre = {key: settings.check(f"preprocess.{key}", d["preprocess"][key], origin)
+           for key in _PREPROCESS}
+    if values["normalize"] == "fixed" and values["range"] is None:
         raise CarvisError(f"{source}: normalize: fixed needs range: [low, high]")
-    cam = d["camera"]
-    cam_size = _size(source, "camera.size", cam["size"])
-    _number(source, "camera.fps", cam["fps"], 1, 240)
-    if cam["rotate"] not in (0, 90, 180, 270):
-        raise _fail(source, "camera.rotate", cam["rotate"], "choose one of: 0, 90, 180, 270")
-    for flip in ("hflip", "vflip"):
-        if not isinstance(cam[flip], bool):
-            raise _fail(source, f"camera.{flip}", cam[flip], "expected true or false")
-    try:
-        layer = parse_layer(d["layer"])
-        channel = parse_channel(d["channel"])
-    except CarvisError as exc:
-        raise CarvisError(f"{source}: {exc}") from None
-    explained = _explain_keys(source, d)
+    cam = settings.camera(d["camera"], origin)
     return Profile(
         name=str(d["name"]),
         model=model,
-        crop=_crop(source, pre["crop"]),
-        input_size=_size(source, "preprocess.input_size", pre["input_size"]),
-        interpolation=_choice(source, "preprocess.interpolation", pre["interpolation"],
-                              INTERPOLATIONS),
-        smooth=int(_number(source, "preprocess.smooth", pre["smooth"], 0, 31, integer=True)),
-        color=_choice(source, "preprocess.color", pre["color"], COLORS),
-        scale=float(_number(source, "preprocess.scale", pre["scale"])),
-        offset=float(_number(source, "preprocess.offset", pre["offset"])),
-        layer=layer,
-        channel=channel,
-        normalize=normalize,
-        range=rng,
-        decay=float(_number(source, "decay", d["decay"], 0.0, 1.0)),
-        ema=float(_number(source, "ema", d["ema"], 0.0, 0.99)),
-        threshold=float(threshold),
-        colormap=colormap,
-        output=_choice(source, "output", d["output"], OUTPUTS),
-        output_size=_size(source, "output_size", d["output_size"]),
-        camera={**cam, "size": list(cam_size) if cam_size else None},
+        crop=_crop(origin, d["preprocess"]["crop"]),
+        **pre,
+        camera={**cam, "size": list(cam["size"]) if cam["size"] else None},
         source=source,
-        **explained,
+        **values,
     )
-
-
-def parse_smoothgrad(value: Any) -> tuple[int, float] | None:
-    """SmoothGrad as (N, SIGMA) from [N, SIGMA] or "N,SIGMA"; None or 0 copies: off."""
-    if value is None:
-        return None
-    raw = value
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",")]
-    allowed = ("expected [N, SIGMA] or N,SIGMA: N noisy copies 0..256, SIGMA 0..1 "
-               "(a fraction of the input's value range)")
-    try:
-        n, sigma = value
-        n_int, sigma_f = int(n), float(sigma)
-        whole = n_int == float(n)
-    except (TypeError, ValueError):
-        raise CarvisError(f"smoothgrad {raw!r} is not valid; {allowed}") from None
-    if isinstance(n, bool) or isinstance(sigma, bool) or not whole or not 0 <= n_int <= 256 \
-            or not 0.0 <= sigma_f <= 1.0:
-        raise CarvisError(f"smoothgrad {raw!r} is not valid; {allowed}")
-    return (n_int, sigma_f) if n_int else None
-
-
-def _explain_keys(source: str, d: dict[str, Any]) -> dict[str, Any]:
-    """mode, target, smoothgrad, view, hud, compare: checked."""
-    from carvis.explain import MODES, parse_target
-
-    try:
-        target = parse_target(d["target"])
-        smoothgrad = parse_smoothgrad(d["smoothgrad"])
-    except CarvisError as exc:
-        raise CarvisError(f"{source}: {exc}") from None
-    for flag in ("hud", "compare"):
-        if not isinstance(d[flag], bool):
-            raise _fail(source, flag, d[flag], "expected true or false")
-    return {"mode": _choice(source, "mode", d["mode"], MODES), "target": target,
-            "smoothgrad": smoothgrad, "view": _choice(source, "view", d["view"], VIEWS),
-            "hud": d["hud"], "compare": d["compare"]}
 
 
 def load(path: str | Path) -> Profile:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carvis import pipeline, sources
 from carvis import profile as prof
-from carvis.extractor import ModelSession
+from carvis.session import ModelSession
 from carvis.sinks import Sink
 from carvis.sinks.files import AviSink
 

@@ -19,7 +19,6 @@ never saved in the repo).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -74,7 +73,7 @@ def fitted_gap_model(model_path: Path, clip: Path, profile, out: Path, step: int
     import keras
 
     from carvis import models
-    from carvis.extractor import Preprocessor
+    from carvis.preprocess import Preprocessor
 
     base = models.load_model(model_path)
     pre = Preprocessor(profile, (250, 70), 3)
@@ -133,10 +132,12 @@ def main() -> int:
     if not Path(args.model).is_file():
         print(f"needs the real Axionaut assets at {AXIONAUT}", file=sys.stderr)
         return 1
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from carvis.tfquiet import quiet_environment
+
+    quiet_environment()
     from carvis import pipeline
     from carvis import profile as prof
-    from carvis.extractor import ModelSession
+    from carvis.session import ModelSession
 
     base = prof.load(REPO / "models" / "axionaut.yaml")
     frames = read_frames(Path(args.clip), {0, 1, 2, args.picture})
@@ -194,7 +195,7 @@ def main() -> int:
     for name, _, backend, _, text in configs:
         if not text:
             continue
-        renderers[name].set_hud(True)
+        renderers[name].apply({"hud": True})
         out = renderers[name].process(frames[args.picture].copy())
         h = round(out.shape[0] * args.width / out.shape[1])
         small = cv2.resize(out, (args.width, h), interpolation=cv2.INTER_AREA)

@@ -21,7 +21,7 @@ from modes_readme import caption
 
 def main() -> int:
     from carvis import pipeline, profile
-    from carvis.extractor import ModelSession
+    from carvis.session import ModelSession
 
     if not (AXIONAUT / "autopilot.hdf5").is_file():
         print(f"needs the real Axionaut assets at {AXIONAUT}", file=sys.stderr)

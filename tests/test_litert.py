@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from carvis import cli, export, pipeline
+from carvis import cli, pipeline
 from carvis import profile as prof
+from carvis.backends.cache import file_sha256
+from carvis.backends.tflite import read_meta
 from carvis.errors import CarvisError
-from carvis.extractor import ModelSession
+from carvis.session import ModelSession
 
 pytest.importorskip("ai_edge_litert", reason="the LiteRT backend needs ai-edge-litert")
 
@@ -139,7 +141,7 @@ def test_auto_converts_once_then_reuses_the_cache(axionaut_model_path, cache):
     assert (first.backend_name, backend.name, first.conversions) == ("litert", "litert", 1)
     assert first.backend("maxpooling2d_2") is backend  # built once per session
     files = list(cache.glob("*.tflite"))
-    assert len(files) == 1 and files[0].name.startswith(export.file_sha256(
+    assert len(files) == 1 and files[0].name.startswith(file_sha256(
         axionaut_model_path)[:24])
     again = ModelSession(axionaut_model_path)
     again.backend("maxpooling2d_2")
@@ -147,7 +149,7 @@ def test_auto_converts_once_then_reuses_the_cache(axionaut_model_path, cache):
     # a fresh process finds it too, and then needs neither TensorFlow nor Keras
     code = f"""
 import json, sys
-from carvis.extractor import ModelSession
+from carvis.session import ModelSession
 s = ModelSession({str(axionaut_model_path)!r})
 b = s.backend("maxpooling2d_2")
 print(json.dumps({{"conversions": s.conversions, "layer": b.layer_name,
@@ -168,7 +170,7 @@ def test_cache_is_keyed_by_model_content(axionaut_model_path, cache, tmp_path):
 
 
 def test_tflite_metadata_names_the_layer(tflite, capsys):
-    meta = export.read_meta(tflite.read_bytes())
+    meta = read_meta(tflite.read_bytes())
     assert meta is not None
     assert (meta.layer, meta.layer_index, meta.conv, meta.output_shape, meta.input_shape) == (
         "maxpooling2d_2", 5, None, (17, 62, 2), (70, 250, 3))
@@ -193,10 +195,10 @@ def test_a_tflite_shows_only_its_own_layer(tflite, spec, ok):
 def test_channel_picks_among_the_tflite_outputs(tflite, frames):
     renderer = pipeline.Renderer(ModelSession(tflite), prof.load(PROFILE))
     assert renderer.channels == 2
-    renderer.set_channel("max")
+    renderer.apply({"channel": "max"})
     assert renderer.activation(frames[0]).shape == (17, 62)
     with pytest.raises(CarvisError, match="channel 2 is out of range"):
-        renderer.set_channel(2)
+        renderer.apply({"channel": 2})
 
 
 def test_bad_backend_choices_are_one_line(tflite, tmp_path, axionaut_model_path):

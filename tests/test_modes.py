@@ -12,10 +12,13 @@ import pytest
 import seed_reference
 from conftest import REPO
 
-from carvis import cli, explain, live, pipeline, views
+from carvis import cli, explain, live, pipeline, settings, views
 from carvis import profile as prof
+from carvis import session as session_module
+from carvis.backends import litert_available
+from carvis.backends.litert import LiteRTModel
 from carvis.errors import CarvisError
-from carvis.extractor import ModelSession, litert_available
+from carvis.session import ModelSession
 from carvis.sinks import Sink
 
 PROFILE = REPO / "models" / "axionaut.yaml"
@@ -41,10 +44,10 @@ def test_profile_mode_keys_default_and_round_trip():
     ({"view": "tiles"}, "view = 'tiles' is not valid; choose one of: overlay, grid"),
     ({"hud": "yes"}, "hud = 'yes' is not valid; expected true or false"),
     ({"compare": 1}, "compare = 1 is not valid; expected true or false"),
-    ({"target": "up"}, "target 'up' is not valid; choose one of: predicted, left"),
-    ({"smoothgrad": [4]}, "smoothgrad [4] is not valid; expected [N, SIGMA]"),
-    ({"smoothgrad": [4, 2.0]}, "smoothgrad [4, 2.0] is not valid"),
-    ({"smoothgrad": [2.5, 0.1]}, "smoothgrad [2.5, 0.1] is not valid"),
+    ({"target": "up"}, "target = 'up' is not valid; choose one of: predicted, left"),
+    ({"smoothgrad": [4]}, "smoothgrad = [4] is not valid; expected [N, SIGMA]"),
+    ({"smoothgrad": [4, 2.0]}, "smoothgrad = [4, 2.0] is not valid"),
+    ({"smoothgrad": [2.5, 0.1]}, "smoothgrad = [2.5, 0.1] is not valid"),
 ])
 def test_bad_mode_keys_are_one_line_with_the_key(changes, message):
     with pytest.raises(CarvisError, match=re.escape(message)) as info:
@@ -131,6 +134,8 @@ def test_gradient_modes_on_auto_use_tensorflow(axionaut_model_path, axionaut_pro
                                                                    target="left"))
     out = renderer.process(frame.copy())
     assert out.shape == (480, 1800, 3) and renderer.prediction.shape == (5,)
+    assert renderer.explainer.mode == "guided"
+    assert renderer.explainer.backend == "tensorflow", "auto falls back to TensorFlow's graph"
 
 
 def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile, frame,
@@ -140,20 +145,23 @@ def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile,
     monkeypatch.setenv("CARVIS_CACHE", str(tmp_path))
     lite = pipeline.Renderer(ModelSession(axionaut_model_path, backend="litert"),
                              axionaut_profile.replace(mode="vbp"))
-    assert isinstance(lite.explainer._forward, explain.LiteRTForward)
-    assert len(list(tmp_path.glob("*-outputs-*.tflite"))) == 1, "converted once, cached"
+    assert isinstance(lite.explainer._forward, LiteRTModel)
+    assert lite.explainer.backend == "litert"
+    assert lite.session.conversions == 2, "the profile's layer and vbp's outputs, once each"
+    assert len(list(tmp_path.glob("*-outputs-*.tflite"))) == 1, "cached"
     tf = pipeline.Renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
                            axionaut_profile.replace(mode="vbp"))
     batch = lite.preprocess(lite.preprocess.roi(frame)).copy()
     a, b = lite.explainer(batch), tf.explainer(batch)
     np.testing.assert_allclose(a.map, b.map, rtol=1e-4, atol=1e-5 * b.map.max())
     np.testing.assert_allclose(a.prediction, b.prediction, atol=1e-5)
-    from carvis import export
+    from carvis.backends import convert
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cached several-output .tflite is used, not converted again")
 
-    monkeypatch.setattr(export, "convert_outputs", no_conversion)
+    monkeypatch.setattr(convert, "convert", no_conversion)
+    monkeypatch.setattr(session_module, "convert", no_conversion)
     again = pipeline.Renderer(ModelSession(axionaut_model_path, backend="litert"),
                               axionaut_profile.replace(mode="vbp"))
     np.testing.assert_allclose(again.explainer(batch).map, a.map)
@@ -163,10 +171,10 @@ def test_a_tflite_model_refuses_modes_that_need_other_layers(tmp_path, axionaut_
                                                              axionaut_profile):
     if not litert_available():
         pytest.skip("ai-edge-litert is not installed")
-    from carvis import export
+    from carvis.backends.convert import export
 
     out = tmp_path / "pool2.tflite"
-    export.export(axionaut_model_path, "maxpooling2d_2", out)
+    export(axionaut_model_path, "maxpooling2d_2", out)
     session = ModelSession(out)
     with pytest.raises(CarvisError, match="mode 'vbp' needs the Keras model"):
         pipeline.Renderer(session, axionaut_profile.replace(mode="vbp"))
@@ -248,7 +256,7 @@ def test_cli_inspect_writes_the_grid_and_the_filters(tmp_path, axionaut_model_pa
 
 
 def tf_session_batch(session, profile, frame_path):
-    from carvis.extractor import Preprocessor
+    from carvis.preprocess import Preprocessor
 
     pre = Preprocessor(profile, (250, 70), 3)
     frame = cv2.imread(str(frame_path))
@@ -279,14 +287,14 @@ class _ListSink(Sink):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"mode": "lime"}, "mode 'lime' is not one of"),
+    ({"mode": "lime"}, "mode 'lime' is not valid; choose one of"),
     ({"view": "tiles"}, "view 'tiles' is not valid"),
     ({"hud": "on"}, "hud 'on' is not valid; expected true or false"),
     ({"target": 3}, "target 3 is not valid"),
 ])
 def test_bad_mode_settings_are_refused(changes, message):
     with pytest.raises(CarvisError, match=re.escape(message)):
-        live.validate_settings(changes)
+        settings.validate(changes)
 
 
 @pytest.mark.slow

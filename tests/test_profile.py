@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from carvis import layerspec
 from carvis import profile as prof
 from carvis.errors import CarvisError
 
@@ -86,4 +87,4 @@ def test_replace_overrides_and_validates():
 @pytest.mark.parametrize("spec, parsed", [("3", 3), ("-1", -1), ("conv:2", "conv:2"),
                                           ("CONV:4", "conv:4"), ("dense_1", "dense_1"), (5, 5)])
 def test_layer_specs(spec, parsed):
-    assert prof.parse_layer(spec) == parsed
+    assert layerspec.parse(spec) == parsed

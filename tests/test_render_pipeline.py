@@ -17,7 +17,7 @@ from conftest import REPO
 from carvis import overlay as ov
 from carvis import pipeline
 from carvis import profile as prof
-from carvis.extractor import ModelSession
+from carvis.session import ModelSession
 from carvis.sinks import Sink
 from carvis.sinks.files import AviSink
 from carvis.sources import Frame, VideoFileSource
@@ -242,8 +242,12 @@ def test_renderer_upsample_differs_from_ipp_only_by_rounding(renderer_factory, r
     changed = 0
     for image in race_frames:
         norm = renderer.normalizer(renderer.activation(image))
+        ipp = cv2.ipp.useIPP()
         cv2.ipp.setUseIPP(True)
-        with_ipp = ov.Overlay(80, "inferno").apply(renderer.preprocess.roi(image), norm)
+        try:
+            with_ipp = ov.Overlay(80, "inferno").apply(renderer.preprocess.roi(image), norm)
+        finally:
+            cv2.ipp.setUseIPP(ipp)  # the thread's IPP switch is left as it was
         got = renderer.process(image.copy())
         diff = np.abs(got.astype(int) - with_ipp.astype(int)).max(axis=-1)
         changed += int((diff > 0).sum())

@@ -1,0 +1,131 @@
+"""Keras model → .tflite with carvis metadata (needs TensorFlow); `carvis export`'s work.
+
+A one-layer file has the model cut at the layer as its one output; a several-output file has
+one output per named layer (the signature's keys are the layer names) — what vbp, cam and
+the HUD read on LiteRT.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carvis import models
+from carvis.backends import litert_available
+from carvis.backends.cache import file_sha256, write_atomic
+from carvis.backends.litert import LiteRTModel
+from carvis.backends.tflite import LayerMeta, with_metadata
+from carvis.errors import CarvisError
+from carvis.tfquiet import held_stderr, quiet_environment
+
+
+class ConversionError(CarvisError):
+    """The TFLite converter could not convert the model."""
+
+
+def layer_meta(model: Any, names: list[str] | tuple[str, ...], source: Path | None,
+               sha256: str | None) -> LayerMeta:
+    """Describe the output layer(s) of a loaded Keras model for the .tflite metadata."""
+    table = models.layer_table(model)
+    convs = [info for info in table if info.is_conv]
+    first = next(info for info in table if info.name == names[0])
+    conv = next((k for k, info in enumerate(convs, 1) if info.name == first.name), None)
+    one = len(names) == 1
+    return LayerMeta(
+        layer="+".join(names),
+        layer_index=first.index if one else None,
+        layers=len(table),
+        conv=conv if one else None,
+        input_shape=tuple(int(d) for d in model.inputs[0].shape[1:]),
+        output_shape=tuple(int(d) for d in first.output_shape) if one else (),
+        model=source.name if source else None,
+        model_sha256=sha256,
+        conv_layers=tuple(info.name for info in convs if info.is_spatial),
+        layer_names=tuple(info.name for info in table),
+    )
+
+
+def convert(model: Any, names: list[str] | tuple[str, ...], meta: LayerMeta) -> bytes:
+    """The model with one output per named layer, as a float32 .tflite with metadata."""
+    quiet_environment()
+    import keras
+
+    names = list(dict.fromkeys(names))
+    if len(model.inputs) != 1:
+        raise CarvisError(f"model {model.name!r} has {len(model.inputs)} inputs; "
+                          "carvis export handles single-input models")
+    if len(names) == 1:
+        sub = models.truncated_model(model, model.get_layer(names[0]))
+    else:
+        outputs = [model.get_layer(name).output for name in names]
+        sub = keras.Model(model.inputs[0], outputs, name=f"{model.name}_outputs")
+    shape = (1,) + tuple(int(d) for d in sub.inputs[0].shape[1:])
+
+    def serve(x: Any) -> dict[str, Any]:
+        values = sub(x, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return dict(zip(names, values, strict=True))
+
+    what = (f"layer {names[0]!r}" if len(names) == 1 else f"layers {', '.join(names)}")
+    return with_metadata(_to_tflite(sub, serve, shape, f"{what} of model {model.name!r}"), meta)
+
+
+def _to_tflite(sub: Any, serve: Any, shape: tuple, what: str) -> bytes:
+    """A Keras export archive of sub with one endpoint, converted to a .tflite flatbuffer."""
+    import keras
+    import tensorflow as tf
+
+    # Keras' own export tracks the Keras 3 variables; a bare tf.Module would not, and the
+    # converter would then emit READ_VARIABLE ops over uninitialised resources.
+    error: Exception | None = None
+    with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, held_stderr() as lines:
+        try:
+            archive = keras.export.ExportArchive()
+            archive.track(sub)
+            archive.add_endpoint(name="serving_default", fn=serve, input_signature=[
+                tf.TensorSpec(shape, tf.float32, name=sub.inputs[0].name)])
+            archive.write_out(tmp, verbose=False)
+            return tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+        except Exception as exc:  # noqa: BLE001 - converter errors are many and deep
+            error = exc
+    detail = str(error).strip().splitlines() or lines[-1:] or [type(error).__name__]
+    raise ConversionError(f"cannot convert {what} to TFLite ({detail[0][:160]}); "
+                          "use --backend tensorflow") from None
+
+
+def export(model_path: str | os.PathLike, layer_spec: str | int, out: str | os.PathLike,
+           lambda_policy: str = "error") -> tuple[LayerMeta, float | None]:
+    """Write a model cut at a layer to OUT.tflite; its metadata and max |LiteRT − TF| (or None)."""
+    out = Path(out)
+    if out.suffix.lower() != ".tflite":
+        raise CarvisError(f"output {str(out)!r} must end in .tflite")
+    if not out.resolve().parent.is_dir():
+        raise CarvisError(f"output {str(out)!r}: folder does not exist; create it first")
+    if models.is_tflite(model_path):
+        raise CarvisError(f"{model_path}: already a .tflite; export from the .h5/.keras model")
+    source = Path(model_path)
+    try:
+        model = models.load_model(source, lambda_policy=lambda_policy)
+    except ImportError as exc:
+        raise CarvisError(f"carvis export needs TensorFlow ({exc.name or exc}): "
+                          "pip install tensorflow") from None
+    layer = models.resolve_layer(model, layer_spec)
+    meta = layer_meta(model, [layer.name], source, file_sha256(source))
+    data = convert(model, [layer.name], meta)
+    write_atomic(out, data)
+    return meta, check(model, layer, data)
+
+
+def check(model: Any, layer: Any, data: bytes) -> float | None:
+    """Largest |LiteRT − TensorFlow| on one random input in the model's input range."""
+    if not litert_available():
+        return None
+    lite = LiteRTModel(data)
+    x = np.random.default_rng(0).uniform(0, 1, (1,) + lite.input_shape).astype(np.float32)
+    expected = np.asarray(models.truncated_model(model, layer)(x, training=False))[0]
+    (got,) = lite(x).values()
+    return float(np.abs(got[0] - expected).max())

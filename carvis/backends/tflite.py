@@ -1,0 +1,134 @@
+"""The .tflite file: its TFL3 tag, and the ``carvis`` metadata entry carvis writes into it.
+
+A carvis .tflite records (as JSON) which layer(s) of which model it holds, their index and
+conv:N, the shapes and the source model's layer names, so ``carvis layers X.tflite`` and error
+messages can name them without TensorFlow or Keras. Reading needs only LiteRT's copy of the
+flatbuffer schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from carvis import __version__, layerspec
+from carvis.errors import CarvisError
+
+META_NAME = "carvis"
+#: Bumped when the conversion changes, so cached files from an older carvis are not reused.
+FORMAT = 1
+TFLITE_MAGIC = b"TFL3"
+
+
+@dataclasses.dataclass
+class LayerMeta:
+    """What a carvis .tflite holds: which layer of which model, and its shapes."""
+
+    layer: str
+    layer_index: int | None = None
+    layers: int | None = None  # number of layers of the source model (for negative indices)
+    conv: int | None = None  # N of conv:N, if the layer is the N-th conv layer
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    model: str | None = None  # source model file name
+    model_sha256: str | None = None
+    conv_layers: tuple[str, ...] = ()  # the source model's spatial conv layers, in order
+    layer_names: tuple[str, ...] = ()  # all the source model's layers, in order
+    carvis: str = __version__
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        """The metadata as compact UTF-8 JSON."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LayerMeta:
+        """Parse metadata written by to_json (unknown keys are ignored)."""
+        raw = json.loads(data.decode())
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in fields}
+        for key in ("input_shape", "output_shape", "conv_layers", "layer_names"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def matches(self, spec: str | int) -> bool:
+        """True if a layer spec (name, index, conv:N) names this layer."""
+        return layerspec.matches(spec, name=self.layer, index=self.layer_index,
+                                 count=self.layers, conv=self.conv)
+
+    def describe(self) -> str:
+        """'layer 'x' (17, 62, 2) of model.h5' in a few words."""
+        source = f" of {self.model}" if self.model else ""
+        return f"layer {self.layer!r} {shape_text(self.output_shape)}{source}"
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """(17, 62, 2) as text."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def schema() -> Any:
+    """The generated TFLite flatbuffer schema (LiteRT's; TensorFlow's copy as a fallback)."""
+    try:
+        from ai_edge_litert import schema_py_generated as generated
+    except ImportError:
+        try:
+            from tensorflow.lite.python import schema_py_generated as generated
+        except ImportError:
+            raise CarvisError("reading .tflite metadata needs ai-edge-litert; "
+                              "pip install ai-edge-litert") from None
+    return generated
+
+
+def read_meta(data: bytes) -> LayerMeta | None:
+    """The carvis metadata of a .tflite flatbuffer, or None if it has none (or it is bad)."""
+    generated = schema()
+    try:
+        model = generated.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() != META_NAME.encode():
+                continue
+            buf = model.Buffers(entry.Buffer())
+            return LayerMeta.from_json(buf.DataAsNumpy().tobytes())
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+            UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return None
+
+
+def read_tflite(path: str | os.PathLike) -> bytes:
+    """The bytes of a .tflite file, or one line saying why not."""
+    p = Path(path)
+    if not p.is_file():
+        raise CarvisError(f"{path}: model file not found; check the path")
+    data = p.read_bytes()
+    if data[4:8] != TFLITE_MAGIC:
+        raise CarvisError(f"{path}: not a TFLite model (no TFL3 tag); export one with "
+                          "carvis export MODEL --layer L -o OUT.tflite")
+    return data
+
+
+def with_metadata(flatbuffer: bytes, meta: LayerMeta) -> bytes:
+    """The flatbuffer with a 'carvis' metadata entry holding meta (replacing an older one)."""
+    import flatbuffers
+    import numpy as np
+
+    generated = schema()
+    model = generated.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    model.metadata = [m for m in (model.metadata or [])
+                      if m.name not in (META_NAME, META_NAME.encode())]
+    buffer = generated.BufferT()
+    buffer.data = np.frombuffer(meta.to_json(), np.uint8)
+    model.buffers.append(buffer)
+    entry = generated.MetadataT()
+    entry.name = META_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(flatbuffer) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_MAGIC)
+    return bytes(builder.Output())
