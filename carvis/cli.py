@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 from carvis import __version__
 from carvis.errors import CarvisError
@@ -30,7 +32,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_mode_args(p: argparse.ArgumentParser) -> None:
-    from carvis.explain import MODES, TARGETS
+    from carvis.settings import MODES, TARGETS
 
     g = p.add_argument_group("what the map shows (override the profile)")
     g.add_argument("--mode", choices=MODES, help="activation: the layer's channel (default); "
@@ -172,8 +174,8 @@ def _have_tensorflow() -> bool:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from carvis import pipeline, sources
-    from carvis.extractor import ModelSession
-    from carvis.sinks.files import open_file_sink
+    from carvis.session import ModelSession
+    from carvis.sinks.outputs import open_file_sink
 
     profile, model_path = resolve_profile(args)
     if args.max_frames is not None and args.max_frames < 1:
@@ -216,41 +218,105 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from carvis import live
+    """`carvis run`: check everything, open the source, load the model, run until Ctrl-C."""
+    import signal
+
+    from carvis import live, pipeline, sources
+    from carvis.session import ModelSession
+    from carvis.sinks.files import check_writable_dir
+    from carvis.sinks.mjpeg import parse_address
 
     profile, model_path = resolve_profile(args)
-    return live.run_command(
-        args.source, profile, model_path, loop=args.loop, display=args.display,
-        record=args.record, serve=args.serve, token=args.token, quality=args.quality,
-        camera={"size": args.size, "fps": args.fps, "hflip": args.hflip, "vflip": args.vflip,
-                "rotate": args.rotate},
-        backend=args.backend, lambda_policy=args.lambda_policy)
+    # Everything that can be wrong with the flags fails here, before the slow model load.
+    address = parse_address(args.serve) if args.serve else None
+    if args.token and address is None:
+        raise CarvisError("--token protects the settings of --serve; add --serve [HOST:]PORT")
+    if not 1 <= args.quality <= 100:
+        raise CarvisError(f"--quality {args.quality} is not valid; allowed range 1..100")
+    if args.display:
+        from carvis.sinks.display import check_screen
+
+        check_screen()
+    if args.record:
+        if not args.record.lower().endswith(".avi"):
+            raise CarvisError(f"--record {args.record!r}: give a file name ending in .avi")
+        check_writable_dir(Path(args.record).resolve().parent, "--record")
+    if not (args.display or args.record or address):
+        raise CarvisError("nowhere to send frames; add --display, --record OUT.avi and/or "
+                          "--serve [HOST:]PORT")
+    camera = {"size": _run_size(args.size), "fps": args.fps, "hflip": args.hflip,
+              "vflip": args.vflip, "rotate": args.rotate}
+    options = live.LiveOptions(display=args.display, record=args.record, serve=address,
+                               token=args.token, jpeg_quality=args.quality)
+    with sources.open_live_source(args.source, profile, loop=args.loop, **camera) as source:
+        session = ModelSession(model_path, backend=args.backend,
+                               lambda_policy=args.lambda_policy)
+        runner = live.LiveRunner(source, pipeline.Renderer(session, profile), options)
+        interrupts = 0
+
+        def on_signal(signum: int, _frame: object) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            runner.stop()
+            if interrupts > 1:
+                raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
+                                                                    signal.SIGTERM)}
+        where = [f"{source.name} ({'live' if source.live else f'{source.fps:g} fps'})"]
+        if runner.server is not None:
+            where.append(f"page {runner.server.url}")
+        if args.display:
+            where.append("window")
+        print(f"carvis: running {' -> '.join(where[:1])} -> {', '.join(where[1:]) or 'record'}"
+              " (Ctrl-C stops)", file=sys.stderr, flush=True)
+        try:
+            runner.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print(f"carvis: stopped: {runner.summary()}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _run_size(text: str | None) -> tuple[int, int] | None:
+    """--size 'WxH' -> (width, height)."""
+    if text is None:
+        return None
+    w, sep, h = str(text).lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or not (0 < int(w) and 0 < int(h)):
+        raise CarvisError(f"--size {text!r} is not valid; give WIDTHxHEIGHT, e.g. 1280x720")
+    return int(w), int(h)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from carvis import export, models
-    from carvis.extractor import _quiet_tensorflow
+    from carvis import models
+    from carvis.backends import litert, tensorflow_available
 
-    if export.is_tflite(args.model):
-        print(export.format_tflite_table(args.model))
+    if models.is_tflite(args.model):
+        print(litert.describe(args.model))
         return 0
-    _quiet_tensorflow()
+    if not tensorflow_available():
+        # The file's own config is JSON: h5py alone reads the table (a car without TensorFlow).
+        print(models.format_layer_table_from_file(args.model))
+        return 0
     model = models.load_model(args.model, lambda_policy=args.lambda_policy)
     print(models.format_layer_table(model))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from carvis import export
+    from carvis import layerspec
     from carvis import profile as prof
+    from carvis.backends.convert import export
 
     layer = args.layer
     if layer is None and args.profile:
         layer = prof.load(args.profile).layer
     if layer is None:
         raise CarvisError("carvis export needs the layer: --layer L, or --profile P naming it")
-    meta, diff = export.export(args.model, prof.parse_layer(layer), args.output,
-                               lambda_policy=args.lambda_policy)
+    meta, diff = export(args.model, layerspec.parse(layer), args.output,
+                        lambda_policy=args.lambda_policy)
     check = f"; max |LiteRT - TensorFlow| = {diff:.1e} on a test input" if diff is not None else ""
     print(f"carvis: wrote {args.output}: {meta.describe()}{check}", file=sys.stderr)
     return 0
@@ -276,7 +342,7 @@ COMMANDS = {"render": cmd_render, "layers": cmd_layers, "run": cmd_run,
 def cmd_inspect(args: argparse.Namespace) -> int:
     from carvis import inspection
     from carvis import profile as prof
-    from carvis.extractor import ModelSession
+    from carvis.session import ModelSession
 
     p = prof.load(args.profile) if args.profile else prof.generic()
     p = p.replace(layer=args.layer, colormap=args.colormap)
@@ -297,9 +363,30 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
-        return _dispatch(args)
+    handler = _OneLineHandler()
+    log = logging.getLogger("carvis")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _dispatch(args)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+class _OneLineHandler(logging.Handler):
+    """The library's log records as the CLI's one-line messages on stderr."""
+
+    PREFIX: ClassVar[dict[int, str]] = {logging.WARNING: "warning: ", logging.ERROR: "error: ",
+                                        logging.CRITICAL: "error: "}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip().splitlines() or [""]
+        print(f"carvis: {self.PREFIX.get(record.levelno, '')}{text[0]}", file=sys.stderr,
+              flush=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -67,6 +67,8 @@ class Renderer:
         self.preprocess = self._preprocessor(self.backend)
         self.channel = self._checked_channel(profile.channel, self.backend)
         self.explainer = self._explainer(self.mode, self.target, self.backend, self.hud)
+        self._preparing = threading.Lock()  # prepare() may be called from several threads
+        self._warm = {self.backend.layer_name}
 
     # -- settings: one way in -------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -81,9 +83,17 @@ class Renderer:
         """Build the layer backend and explainer a change needs (seconds, the first time:
         a conversion, a graph trace); the values with the layer resolved to its name."""
         values = dict(values)
-        backend = self._layer_backend(values["layer"]) if "layer" in values else self.backend
-        if "layer" in values:
-            values["layer"] = backend.layer_name
+        with self._preparing:
+            backend = self._layer_backend(values["layer"]) if "layer" in values else \
+                self.backend
+            if "layer" in values:
+                values["layer"] = backend.layer_name
+                if backend.layer_name not in self._warm:  # its first run is slow too
+                    backend(np.zeros((1, *backend.input_shape), np.float32))
+                    self._warm.add(backend.layer_name)
+            return self._prepare_explainer(values, backend)
+
+    def _prepare_explainer(self, values: dict[str, Any], backend: Any) -> dict[str, Any]:
         if {"mode", "target", "layer", "hud", "smoothgrad"} & values.keys():
             self._explainer(values.get("mode", self.mode), values.get("target", self.target),
                             backend, values.get("hud", self.hud),

@@ -149,7 +149,7 @@ def layer(value: Any) -> str | int:
     try:
         return layerspec.parse(value)
     except CarvisError as exc:
-        raise Invalid(str(exc).partition("; ")[2] or "give a name, an index or conv:N") from None
+        raise Invalid(str(exc)) from None
 
 
 def target(value: Any) -> str:

@@ -16,12 +16,12 @@ import fakes
 import numpy as np
 import pytest
 
-from carvis import cli, live, pipeline, sources
+from carvis import cli, live, pipeline, settings, sources
 from carvis.errors import CarvisError
+from carvis.frame import Frame
 from carvis.sinks import Sink
 from carvis.sinks.files import AviSink
 from carvis.sinks.threaded import SinkWorker
-from carvis.sources import Frame
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def test_file_source_in_live_mode_is_paced_and_loops(model, tmp_path):
 ])
 def test_bad_settings_are_refused_with_the_reason(changes, message):
     with pytest.raises(CarvisError, match=re.escape(message)):
-        live.validate_settings(changes)
+        settings.validate(changes)
 
 
 def test_settings_change_all_or_nothing_and_the_loop_runs_on(model):

@@ -1,0 +1,87 @@
+"""What the live loop measures, and how it is shown: /stats JSON and the display's status line."""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+from carvis.live.capture import CaptureThread, RateMeter
+from carvis.sinks.threaded import SinkWorker, percentile_ms
+
+STATS_INTERVAL = 0.5  # seconds between two reads of the stage times and the sinks' health
+
+
+class LoopMeter:
+    """Frames processed, output rate and loop times of the live loop."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.rate = RateMeter()
+        self.loop_times: collections.deque[float] = collections.deque(maxlen=300)
+        self.stage_ms: dict[str, float] = {}
+        self.started = time.monotonic()
+        self._next_check = 0.0
+
+    def restart(self) -> None:
+        """Count uptime from now."""
+        self.started = time.monotonic()
+
+    def frame_done(self, t0: float) -> bool:
+        """Count a frame whose processing began at perf_counter t0; True when a check is due."""
+        self.processed += 1
+        self.rate.tick()
+        self.loop_times.append(time.perf_counter() - t0)
+        if t0 < self._next_check:
+            return False
+        self._next_check = t0 + STATS_INTERVAL
+        return True
+
+
+def live_stats(meter: LoopMeter, capture: CaptureThread, sinks: dict[str, dict[str, Any]], *,
+               source: str, running: bool, recording: bool, encoded: int) -> dict[str, Any]:
+    """Counts, rates, per-stage times and latency, JSON-ready; sinks are their stats()."""
+    stages = {"capture": percentile_ms(capture.read_times, 50), **meter.stage_ms}
+    if "mjpeg" in sinks:
+        stages["encode"] = sinks["mjpeg"]["write_ms"]
+    latency_from = next((n for n in ("mjpeg", "display", "record") if n in sinks), None)
+    latency = sinks[latency_from] if latency_from else {}
+    return {
+        "source": source,
+        "running": running,
+        "uptime_s": round(time.monotonic() - meter.started, 2),
+        "fps_in": round(capture.rate.rate(), 2),
+        "fps_out": round(meter.rate.rate(), 2),
+        "frames": {"captured": capture.captured, "processed": meter.processed,
+                   "encoded": encoded},
+        "stages_ms": {k: _round(v) for k, v in stages.items()},
+        "loop_ms": _round(percentile_ms(meter.loop_times, 50)),
+        "latency_ms": {"from": latency_from, "to": latency_from and "written",
+                       "p50": latency.get("latency_p50_ms"),
+                       "p99": latency.get("latency_p99_ms")},
+        "drops": {"capture": capture.dropped,
+                  **{name: s["dropped"] for name, s in sinks.items()}},
+        "sinks": sinks,
+        "recording": recording,
+    }
+
+
+def hud_text(settings: dict[str, Any], meter: LoopMeter, capture: CaptureThread,
+             display: SinkWorker | None) -> str:
+    """One status line for the display, from the published settings."""
+    lat = percentile_ms(display.latencies, 50) if display is not None else None
+    rec = "  REC" if settings["recording"] else ""
+    over = "" if settings["overlay"] else " (overlay off)"
+    return (f"{meter.rate.rate():4.1f} fps  {lat or 0:4.0f} ms  drops "
+            f"{capture.dropped}  |  {settings['layer']} ch {settings['channel']}  "
+            f"thr {settings['threshold']:g}{over}{rec}")
+
+
+def summary(meter: LoopMeter, capture: CaptureThread) -> str:
+    """One line on how the run went."""
+    return (f"{meter.processed} frames processed of {capture.captured} captured "
+            f"({capture.dropped} dropped to stay live)")
+
+
+def _round(v: float | None) -> float | None:
+    return round(v, 2) if v is not None else None
