@@ -24,10 +24,12 @@ from carvis.sources.camera import (
 )
 from carvis.sources.files import IMAGE_SUFFIXES, FolderSource, VideoFileSource
 from carvis.sources.synthetic import SyntheticSource, parse_synthetic
+from carvis.sources.tub import TubSource, is_tub, tub_hint
 
 __all__ = [
     "IMAGE_SUFFIXES", "PICAMERA_HELP", "URL_SCHEMES", "CameraSettings", "CameraSource",
-    "FolderSource", "Frame", "PiCameraSource", "Source", "SyntheticSource", "VideoFileSource",
+    "FolderSource", "Frame", "PiCameraSource", "Source", "SyntheticSource", "TubSource",
+    "VideoFileSource",
     "default_live_spec", "open_live_source", "open_source", "orient", "parse_synthetic",
     "running_on_pi",
 ]
@@ -36,7 +38,8 @@ URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 
 
 def open_source(spec: str, *, loop: bool = False, fps: float | None = None) -> Source:
-    """Open a file source from its spec: a video path, an image folder or 'synthetic[...]'."""
+    """Open a file source from its spec: a video, an image folder, a DonkeyCar tub or
+    'synthetic[...]'."""
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         kwargs = parse_synthetic(spec)
@@ -45,6 +48,11 @@ def open_source(spec: str, *, loop: bool = False, fps: float | None = None) -> S
         return SyntheticSource(loop=loop, **kwargs)
     path = Path(spec)
     if path.is_dir():
+        if is_tub(path):
+            return TubSource(path, loop=loop)
+        hint = tub_hint(path)
+        if hint:
+            raise CarvisError(hint)  # a tub's images/ or a folder of tubs: say which to give
         return FolderSource(path, fps=fps or 30.0, loop=loop)
     return VideoFileSource(path, loop=loop)
 

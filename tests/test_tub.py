@@ -1,0 +1,229 @@
+"""DonkeyCar tubs as a source: tubs written by DonkeyCar's own writer (v2) and by hand (v1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from carvis.errors import CarvisError
+from carvis.sources.tub import TubSource, fps_from_records, is_tub, tub_hint
+
+os.environ.setdefault("LOGLEVEL", "WARNING")  # donkeycar configures the root logger on import
+tub_v2 = pytest.importorskip(
+    "donkeycar.parts.tub_v2",
+    reason="DonkeyCar's tub writer is needed: pip install --no-deps donkeycar pyfiglet prettytable")
+
+INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
+TYPES = ["image_array", "float", "float", "str"]
+PILOT_INPUTS = INPUTS + ["pilot/angle", "pilot/throttle"]
+PILOT_TYPES = TYPES + ["float", "float"]
+SIZE = (160, 120)  # DonkeyCar's default camera size
+
+
+def camera_image(n: int) -> np.ndarray:
+    """An RGB camera frame (what DonkeyCar records) whose colour encodes its number."""
+    image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    image[:] = (n * 20 % 256, 255 - n * 10 % 256, 128)
+    return image
+
+
+class Clock:
+    """Stands in for tub_v2's time module: each call is `step_ms` later (jitter optional)."""
+
+    def __init__(self, start: float = 1_700_000_000.0, step_ms: float = 50.0,
+                 jitter_ms: tuple[float, ...] = (0.0,)) -> None:
+        self.now, self.step, self.jitter, self.calls = start, step_ms / 1000, jitter_ms, 0
+
+    def time(self) -> float:
+        self.now += self.step + self.jitter[self.calls % len(self.jitter)] / 1000
+        self.calls += 1
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def record(n: int, pilot: bool = False) -> dict:
+    """The vehicle loop's values for frame n, as the TubWriter part receives them."""
+    values = {"cam/image_array": camera_image(n), "user/angle": round(n / 20 - 0.5, 3),
+              "user/throttle": 0.3 + n / 100, "user/mode": "local" if pilot else "user"}
+    if pilot:
+        values.update({"pilot/angle": -values["user/angle"], "pilot/throttle": 0.25})
+    return values
+
+
+def write_session(path: Path, clock: Clock, numbers: range, *, pilot: bool = False,
+                  delete: tuple[int, ...] = (), max_catalog_len: int = 1000) -> None:
+    """One recording session into the tub at path, by DonkeyCar's own Tub, then closed."""
+    tub = tub_v2.Tub(str(path), inputs=PILOT_INPUTS if pilot else INPUTS,
+                     types=PILOT_TYPES if pilot else TYPES, max_catalog_len=max_catalog_len)
+    for n in numbers:
+        tub.write_record(record(n, pilot))
+    if delete:
+        tub.delete_records(list(delete))
+    tub.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(tub_v2, "time", types.SimpleNamespace(time=fake.time))
+    return fake
+
+
+def test_v2_every_record_in_order_with_its_values(tmp_path, clock):
+    write_session(tmp_path / "tub", clock, range(12))
+    src = TubSource(tmp_path / "tub")
+    frames = list(src)
+    assert src.frame_count == len(frames) == 12
+    assert [f.index for f in frames] == list(range(12))
+    for n, frame in enumerate(frames):
+        assert frame.record["_index"] == n
+        assert frame.record["user/angle"] == pytest.approx(round(n / 20 - 0.5, 3))
+        assert frame.record["user/throttle"] == pytest.approx(0.3 + n / 100)
+        assert frame.record["user/mode"] == "user"
+        assert isinstance(frame.record["_timestamp_ms"], int)
+        assert frame.record["_session_id"].endswith("_0")
+        assert frame.name == f"{n}_cam_image_array_.jpg"
+        # BGR pixels of the RGB frame the car saw (within JPEG's error on a flat colour)
+        assert frame.image.shape == (SIZE[1], SIZE[0], 3)
+        mean_rgb = frame.image.reshape(-1, 3).mean(axis=0)[::-1]
+        np.testing.assert_allclose(mean_rgb, camera_image(n)[0, 0], atol=3)
+    assert src.read() is None
+
+
+def test_v2_deleted_records_are_skipped(tmp_path, clock):
+    write_session(tmp_path / "tub", clock, range(10), delete=(0, 4, 5, 9))
+    src = TubSource(tmp_path / "tub")
+    indexes = [f.record["_index"] for f in src]
+    assert indexes == [1, 2, 3, 6, 7, 8]
+    assert src.frame_count == 6
+
+
+def test_fps_is_the_median_interval_of_the_timestamps(tmp_path, monkeypatch):
+    # 20 Hz drive loop with a late frame now and then: the median ignores the outliers
+    fake = Clock(step_ms=50.0, jitter_ms=(0, -3, 4, 0, 120, -2, 1))
+    monkeypatch.setattr(tub_v2, "time", types.SimpleNamespace(time=fake.time))
+    write_session(tmp_path / "tub", fake, range(30))
+    src = TubSource(tmp_path / "tub")
+    stamps = [r["_timestamp_ms"] for r in src.records]
+    expected = 1000 / float(np.median(np.diff(stamps)))
+    assert src.fps == pytest.approx(expected)
+    assert 19 <= src.fps <= 21
+
+
+def test_several_sessions_and_catalogs_are_one_source(tmp_path, clock):
+    path = tmp_path / "tub"
+    write_session(path, clock, range(7), max_catalog_len=3)
+    clock.pause(600)  # the car parked ten minutes between the two recordings
+    write_session(path, clock, range(7, 12), max_catalog_len=3, delete=(8,))
+    assert len(list(path.glob("catalog_*.catalog"))) == 4
+    src = TubSource(path)
+    frames = list(src)
+    assert [f.record["_index"] for f in frames] == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11]
+    sessions = [f.record["_session_id"] for f in frames]
+    assert len(src.sessions) == 2 and sessions[6] != sessions[7]
+    assert sessions.count(src.sessions[0]) == 7
+    assert src.fps == pytest.approx(20.0, rel=0.05)  # the pause is not a frame interval
+
+
+def test_pilot_values_are_carried_when_the_car_drove_itself(tmp_path, clock):
+    write_session(tmp_path / "tub", clock, range(5), pilot=True)
+    frames = list(TubSource(tmp_path / "tub"))
+    assert all(f.record["user/mode"] == "local" for f in frames)
+    assert [f.record["pilot/angle"] for f in frames] == pytest.approx(
+        [-round(n / 20 - 0.5, 3) for n in range(5)])
+    assert all(f.record["pilot/throttle"] == pytest.approx(0.25) for f in frames)
+
+
+def test_a_record_line_cut_short_and_a_missing_image_are_skipped(tmp_path, clock, caplog):
+    path = tmp_path / "tub"
+    write_session(path, clock, range(6))
+    (path / "images" / "2_cam_image_array_.jpg").unlink()
+    with (path / "catalog_0.catalog").open("a") as catalog:
+        catalog.write('{"_index": 6, "_session_id": "x", "cam/ima')  # power cut mid-write
+    with caplog.at_level(logging.WARNING, logger="carvis"):
+        src = TubSource(path)
+        frames = list(src)
+    assert [f.record["_index"] for f in frames] == [0, 1, 3, 4, 5]
+    assert src.skipped == [str(path / "images" / "2_cam_image_array_.jpg")]
+    assert "unreadable record line" in caplog.text and "2_cam_image_array_.jpg" in caplog.text
+
+
+def test_images_folder_and_parent_folder_name_the_tub(tmp_path, clock):
+    data = tmp_path / "data"
+    write_session(data / "tub_1", clock, range(3))
+    assert is_tub(data / "tub_1") and not is_tub(data)
+    hint = tub_hint(data / "tub_1" / "images")
+    assert "images/ folder of the DonkeyCar tub" in hint and hint.endswith(str(data / "tub_1"))
+    assert tub_hint(data).endswith(f"give it: {data / 'tub_1'}")
+    write_session(data / "tub_2", clock, range(3))
+    (data / "notes").mkdir()
+    hint = tub_hint(data)
+    assert "2 DonkeyCar tubs (tub_1, tub_2)" in hint and "\n" not in hint
+    with pytest.raises(CarvisError, match="2 DonkeyCar tubs"):
+        TubSource(data)
+    assert tub_hint(data / "notes") is None and tub_hint(data / "tub_1") is None
+    with pytest.raises(CarvisError, match="is not a DonkeyCar tub"):
+        TubSource(data / "notes")
+
+
+def test_a_tub_with_every_record_deleted_says_so(tmp_path, clock):
+    write_session(tmp_path / "tub", clock, range(3), delete=(0, 1, 2))
+    with pytest.raises(CarvisError, match="no records with images"):
+        TubSource(tmp_path / "tub")
+
+
+# -- tub v1, written by hand from donkeycar/parts/datastore.py's layout ------------------------
+
+def write_v1_tub(path: Path, count: int, start: float = 1_600_000_000.0, step_ms: int = 50,
+                 exclude: tuple[int, ...] = ()) -> None:
+    """meta.json, record_N.json (N from 1) beside N_cam-image_array_.jpg, exclude.json."""
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text(json.dumps(
+        {"inputs": INPUTS, "types": TYPES, "start": start}))
+    for n in range(1, count + 1):
+        name = f"{n}_cam-image_array_.jpg"
+        cv2.imwrite(str(path / name), cv2.cvtColor(camera_image(n), cv2.COLOR_RGB2BGR))
+        (path / f"record_{n}.json").write_text(json.dumps(
+            {"cam/image_array": name, "user/angle": n / 100, "user/throttle": 0.5,
+             "user/mode": "user", "milliseconds": n * step_ms}))
+    if exclude:
+        (path / "exclude.json").write_text(json.dumps(list(exclude)))
+
+
+def test_v1_records_in_number_order_with_v2_names(tmp_path):
+    write_v1_tub(tmp_path / "tub_1_20-01-01", 12, exclude=(3,))
+    src = TubSource(tmp_path / "tub_1_20-01-01")
+    assert src.version == 1
+    frames = list(src)
+    numbers = [n for n in range(1, 13) if n != 3]  # record_10 after record_9, not record_1
+    assert [f.record["_index"] for f in frames] == numbers
+    assert [f.record["user/angle"] for f in frames] == pytest.approx([n / 100 for n in numbers])
+    assert [f.record["_timestamp_ms"] for f in frames] == [
+        1_600_000_000_000 + n * 50 for n in numbers]
+    assert {f.record["_session_id"] for f in frames} == {"tub_1_20-01-01"}
+    assert src.fps == pytest.approx(20.0)
+    np.testing.assert_allclose(frames[0].image.reshape(-1, 3).mean(axis=0)[::-1],
+                               camera_image(1)[0, 0], atol=3)
+    assert tub_hint(tmp_path).endswith(str(tmp_path / "tub_1_20-01-01"))
+
+
+def test_fps_falls_back_to_the_drive_loop_rate_without_timestamps():
+    assert fps_from_records([{"_index": 0}, {"_index": 1}]) == 20.0
+    assert fps_from_records([{"_timestamp_ms": 0}, {"_timestamp_ms": 0}], default=15) == 15
+
+
+def test_loop_replays_the_tub_for_live_mode(tmp_path, clock):
+    write_session(tmp_path / "tub", clock, range(4))
+    src = TubSource(tmp_path / "tub", loop=True)
+    frames = [src.read() for _ in range(10)]
+    assert [f.index for f in frames] == list(range(10))
+    assert [f.record["_index"] for f in frames] == [0, 1, 2, 3] * 2 + [0, 1]
