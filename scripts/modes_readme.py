@@ -205,7 +205,7 @@ def main() -> int:
         print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size // 1024} kB)")
     if args.videos:
         from carvis import sources
-        from carvis.sinks.files import open_file_sink
+        from carvis.sinks.outputs import open_file_sink
 
         Path(args.videos).mkdir(parents=True, exist_ok=True)
         for name, renderer in renderers.items():

@@ -23,4 +23,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# DonkeyCar's own Tub writer builds the tubs the tests read. donkeycar 5.3 pins numpy<2 and a
+# pile of car-side packages; its tub code needs none of them, so it comes without its deps.
+.venv/bin/python -m pip install -q --no-deps 'donkeycar==5.3.0'
 exec .venv/bin/python -m pytest "$@"

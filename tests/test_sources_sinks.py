@@ -11,7 +11,8 @@ import pytest
 
 from carvis import sources
 from carvis.errors import CarvisError
-from carvis.sinks.files import AviSink, PngDirSink, open_file_sink
+from carvis.sinks.files import AviSink, PngDirSink
+from carvis.sinks.outputs import open_file_sink
 
 
 def _numbered_image(n: int, size=(32, 24)) -> np.ndarray:
@@ -118,3 +119,24 @@ def test_avi_size_change_mid_recording_is_fitted_not_lost(tmp_path, caplog):
         sink.write(_numbered_image(3, (128, 40)))
     frames = list(sources.open_source(str(path)))
     assert len(frames) == 3 and all(f.image.shape == (48, 64, 3) for f in frames)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("race.mov", [".mov is a video format carvis does not write", ".mp4, .mkv"]),
+    ("race.xyz", [".xyz is not an output carvis knows", "folder name"]),
+])
+def test_unknown_output_suffix_is_one_line_not_a_png_folder(tmp_path, name, words):
+    with pytest.raises(CarvisError) as info:
+        open_file_sink(tmp_path / name, 30)
+    assert "\n" not in str(info.value) and all(w in str(info.value) for w in words)
+    assert not (tmp_path / name).exists()
+
+
+def test_png_folder_of_an_earlier_render_is_refused_not_mixed(tmp_path):
+    out = tmp_path / "frames"
+    with open_file_sink(out, 30) as sink:
+        for i in range(3):
+            sink.write(_numbered_image(i))
+    with pytest.raises(CarvisError, match="already holds 3 frames of an earlier render"):
+        open_file_sink(out, 30)
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png"]

@@ -120,6 +120,12 @@ class PngDirSink(Sink):
             raise CarvisError(f"output {str(self.path)!r} exists and is not a folder; give a "
                               "folder for PNG frames or a name ending in .avi")
         check_writable_dir(parent if not self.path.exists() else self.path, "output")
+        earlier = sorted(self.path.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")) \
+            if self.path.is_dir() else []
+        if earlier:
+            raise CarvisError(f"output folder {str(self.path)!r} already holds {len(earlier)} "
+                              "frames of an earlier render; remove them or give another folder "
+                              "(carvis never mixes two renders)")
         self.path.mkdir(exist_ok=True)
         self._params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
 
@@ -128,10 +134,3 @@ class PngDirSink(Sink):
         if not cv2.imwrite(str(target), image, self._params):
             raise CarvisError(f"cannot write {str(target)!r}; check the free disk space")
         self.frames += 1
-
-
-def open_file_sink(path: str | Path, fps: float) -> Sink:
-    """An AviSink for a name ending in .avi, else a PngDirSink."""
-    if str(path).lower().endswith(".avi"):
-        return AviSink(path, fps)
-    return PngDirSink(path)

@@ -1,0 +1,148 @@
+"""H.264 video files (.mp4, .mkv) through PyAV, playable even when the render is interrupted."""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from carvis.errors import CarvisError
+from carvis.sinks import Sink
+from carvis.sinks.files import check_writable_dir
+
+log = logging.getLogger("carvis")
+
+DEFAULT_CRF = 23
+KEYFRAME_SECONDS = 1.0  # what a killed render can lose at most, with the encoder's lookahead
+
+# Suffix → (FFmpeg muxer, muxer options). A fragmented MP4 writes its index up front
+# (empty_moov) and each GOP as a self-contained fragment, so a file cut off by Ctrl-C or a
+# kill plays up to its last whole fragment; Matroska writes clusters as it goes, and a short
+# cluster time limit keeps what a kill loses to about a second. flush_packets hands each
+# finished fragment or cluster to the file at once rather than keeping it in FFmpeg's buffer.
+CONTAINERS: dict[str, tuple[str, dict[str, str]]] = {
+    ".mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof",
+             "flush_packets": "1"}),
+    ".mkv": ("matroska", {"cluster_time_limit": "1000", "flush_packets": "1"}),
+}
+
+PYAV_HELP = "install it with: pip install av"
+
+
+def _import_av() -> Any:
+    """PyAV, imported only when a video file is written (it carries its own FFmpeg)."""
+    try:
+        import av
+    except ImportError as exc:
+        raise CarvisError(f"writing .mp4/.mkv needs PyAV ({exc}); {PYAV_HELP}") from None
+    return av
+
+
+def check_writable_file(path: Path) -> None:
+    """Fail early, in one line, where the file cannot be created or overwritten."""
+    check_writable_dir(path.resolve().parent, "output")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CarvisError(f"output {str(path)!r} exists and is read-only; "
+                          "choose another output path")
+
+
+def even_size(image: np.ndarray) -> np.ndarray:
+    """The image padded by one replicated row/column where its height/width is odd (yuv420p)."""
+    h, w = image.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return image
+    return cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+
+
+def frame_rate(fps: float) -> Fraction:
+    """The stream's rate as a fraction: 29.97 → 30000/1001 (NTSC rates exactly), else fps."""
+    ntsc = round(fps * 1.001)
+    if abs(fps - round(fps)) > 0.005 and abs(fps - ntsc / 1.001) < 0.005:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+class VideoSink(Sink):
+    """H.264 (libx264, yuv420p) in .mp4 (fragmented) or .mkv at the source's fps and a CRF."""
+
+    def __init__(self, path: str | Path, fps: float, crf: int = DEFAULT_CRF,
+                 preset: str = "medium") -> None:
+        self.path = Path(path)
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in CONTAINERS:
+            raise CarvisError(f"output {str(self.path)!r}: {self.suffix or 'no extension'} is "
+                              f"not a video this sink writes; use {', '.join(CONTAINERS)}")
+        if not 0 <= int(crf) <= 51:
+            raise CarvisError(f"video quality (CRF) {crf} is not valid; allowed 0..51 "
+                              f"(lower is better and larger; default {DEFAULT_CRF})")
+        if not fps or not 0 < float(fps) <= 1000:
+            raise CarvisError(f"output {str(self.path)!r}: frame rate {fps} is not valid; "
+                              "allowed 0 < fps <= 1000")
+        self.fps = float(fps)
+        self.crf = int(crf)
+        self.preset = preset
+        self.frames = 0
+        check_writable_file(self.path)
+        self._av = _import_av()
+        self._container: Any = None
+        self._stream: Any = None
+        self._size: tuple[int, int] | None = None
+        self._resized = False
+
+    def _open(self, size: tuple[int, int]) -> None:
+        muxer, options = CONTAINERS[self.suffix]
+        rate = frame_rate(self.fps)
+        try:
+            container = self._av.open(str(self.path), mode="w", format=muxer, options=options)
+        except (OSError, self._av.FFmpegError) as exc:
+            raise CarvisError(f"output {str(self.path)!r} cannot be opened for writing "
+                              f"({exc}); check the path and the free disk space") from None
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = 1 / rate
+        stream.options = {"crf": str(self.crf), "preset": self.preset,
+                          "g": str(max(1, round(self.fps * KEYFRAME_SECONDS)))}
+        self._container, self._stream, self._size = container, stream, size
+
+    def write(self, image: np.ndarray) -> None:
+        image = even_size(image)
+        if self._container is None:
+            self._open((image.shape[1], image.shape[0]))
+        frame = self._av.VideoFrame.from_ndarray(self._fitted(image), format="bgr24")
+        frame.pts = self.frames
+        self._mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def _fitted(self, image: np.ndarray) -> np.ndarray:
+        """The frame at the recording's size: a view change mid-recording is resized, not lost."""
+        size = (image.shape[1], image.shape[0])
+        if size == self._size:
+            return np.ascontiguousarray(image)
+        if not self._resized:
+            self._resized = True
+            log.warning("%s: frame size %dx%d differs from the recording's %dx%d; frames are "
+                        "resized to fit", self.path.name, *size, *self._size)
+        return cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+
+    def _mux(self, packets: list) -> None:
+        try:
+            self._container.mux(packets)
+        except (OSError, self._av.FFmpegError) as exc:
+            raise CarvisError(f"cannot write {str(self.path)!r} ({exc}); check the free "
+                              "disk space") from None
+
+    def close(self) -> None:
+        container = self._container
+        if container is None:
+            return
+        try:
+            self._mux(self._stream.encode(None))  # the frames still in the encoder's lookahead
+        finally:
+            self._container = None
+            container.close()
