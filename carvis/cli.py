@@ -366,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = _OneLineHandler()
     log = logging.getLogger("carvis")
     log.addHandler(handler)
-    level = log.level
+    level, propagate = log.level, log.propagate
     log.setLevel(logging.INFO)
+    log.propagate = False  # a library's basicConfig on the root logger would print them twice
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+        log.propagate = propagate
 
 
 class _OneLineHandler(logging.Handler):
