@@ -106,18 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
                      default="error")
 
     la = sub.add_parser("layers", help="list a model's layers (conv layers marked)")
-    la.add_argument("model", help="model file (.h5, .keras, or a .tflite: its one layer)")
+    la.add_argument("model", help="model file (.h5, .keras, or a .tflite: carvis' export or "
+                    "a car's own model file)")
     la.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
                     default="error")
 
-    ex = sub.add_parser("export", help="write a model cut at one layer as .tflite (LiteRT)",
-                        description="The .tflite holds the model from its input to the layer "
-                        "(all its channels); carvis runs it on LiteRT without TensorFlow.")
+    ex = sub.add_parser("export", help="write what the car needs as one .tflite (LiteRT)",
+                        description="The .tflite holds the model from its input to the layers "
+                        "(all their channels) and, if asked, what the HUD, vbp and cam need; "
+                        "carvis runs it on LiteRT without TensorFlow. Gradient modes cannot be "
+                        "exported (TFLite's built-in ops have no ReLU/pool gradients).")
     ex.add_argument("model", help="model file (.h5 from Keras 1/2/3, .keras)")
     ex.add_argument("-o", "--output", required=True, help="OUT.tflite")
     ex.add_argument("--profile", "-p", help="take the layer from this YAML profile")
     ex.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N (wins over the "
                     "profile's)")
+    ex.add_argument("--layers", help="several layers, comma-separated (conv:1,conv:2,pool_2): "
+                    "the l key and the page's layer control switch between them")
+    ex.add_argument("--all-conv", action="store_true", help="every spatial conv layer")
+    ex.add_argument("--hud", action="store_true", help="the steering output, for the HUD")
+    ex.add_argument("--vbp", action="store_true", help="VisualBackProp's layers and path")
+    ex.add_argument("--cam", action="store_true", help="CAM's map and Dense weights (a "
+                    "GlobalAveragePooling2D -> Dense head)")
+    ex.add_argument("--car", action="store_true", help="all of it: every conv layer, the HUD, "
+                    "vbp, and cam when the head allows")
     ex.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
                     default="error")
 
@@ -148,6 +160,11 @@ def resolve_profile(args: argparse.Namespace):
         p = prof.generic()
     else:
         p = prof.load(prof.DEFAULT_PROFILE)
+    changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
+               "colormap": args.colormap}
+    changes.update({key: getattr(args, key, None) for key in
+                    ("mode", "target", "smoothgrad", "view", "hud", "compare")})
+    p = p.replace(**{k: v for k, v in changes.items() if v is not None})  # flags first: cheap
     model = Path(args.model) if args.model else p.model
     if model is None:
         raise CarvisError(f"profile {p.source!r} names no model; pass --model PATH")
@@ -155,11 +172,6 @@ def resolve_profile(args: argparse.Namespace):
         # A car without TensorFlow (a Pi with LiteRT only) runs the default model's .tflite,
         # exported at the default profile's layer and committed beside it.
         model = model.with_suffix(".tflite")
-    changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
-               "colormap": args.colormap}
-    changes.update({key: getattr(args, key, None) for key in
-                    ("mode", "target", "smoothgrad", "view", "hud", "compare")})
-    p = p.replace(**{k: v for k, v in changes.items() if v is not None})
     return p, model
 
 
@@ -308,14 +320,20 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from carvis import layerspec
     from carvis import profile as prof
-    from carvis.backends.convert import export
+    from carvis.explain.export import export
 
-    layer = args.layer
-    if layer is None and args.profile:
-        layer = prof.load(args.profile).layer
-    if layer is None:
-        raise CarvisError("carvis export needs the layer: --layer L, or --profile P naming it")
-    meta, diff = export(args.model, layerspec.parse(layer), args.output,
+    specs = [args.layer] if args.layer else []
+    specs += [x for x in (args.layers or "").split(",") if x.strip()]
+    if not specs and args.profile:
+        specs = [prof.load(args.profile).layer]
+    modes = args.hud or args.vbp or args.cam or args.car or args.all_conv
+    if not specs and not modes:
+        raise CarvisError("carvis export needs what to export: --layer L, --layers A,B, "
+                          "--all-conv, --hud, --vbp, --cam or --car (or --profile P naming a "
+                          "layer)")
+    meta, diff = export(args.model, args.output, layers=[layerspec.parse(x) for x in specs],
+                        all_conv=args.all_conv or args.car, hud=args.hud or args.car,
+                        vbp=args.vbp or args.car, cam=None if args.car else args.cam,
                         lambda_policy=args.lambda_policy)
     check = f"; max |LiteRT - TensorFlow| = {diff:.1e} on a test input" if diff is not None else ""
     print(f"carvis: wrote {args.output}: {meta.describe()}{check}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 
 from carvis.errors import CarvisError
-from carvis.models import files, legacy
+from carvis.models import files, keras3, legacy
 
 log = logging.getLogger("carvis")
 
@@ -40,7 +40,7 @@ def load_model(path: str | os.PathLike, *, lambda_policy: str = "error") -> kera
 
         import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
     if files.model_kind(p) == "keras":
-        return _load_keras_archive(p)
+        return _load_keras_archive(p, lambda_policy)
     return _load_h5(p, lambda_policy)
 
 
@@ -68,23 +68,49 @@ def _with_suffix(path: Path, suffix: str) -> Iterator[Path]:
         yield alias
 
 
-def _load_keras_archive(path: Path) -> keras.Model:
-    import keras
-
+def _load_keras_archive(path: Path, lambda_policy: str) -> keras.Model:
+    lambdas = keras3.lambdas_in(path, "keras")
+    if lambdas:
+        return _load_keras3_identity(path, "keras", lambdas, lambda_policy)
     try:
-        with _quiet(), _with_suffix(path, ".keras") as alias:
-            model = keras.models.load_model(alias, compile=False)
+        return _keras3_load(path, ".keras")
     except Exception as exc:  # any Keras failure becomes one line
-        lambdas = files.lambda_names(files.archive_config(path))
-        if lambdas:
-            raise CarvisError(
-                f"{path}: layer {lambdas[0]!r} is a Lambda (Python code stored in the file) that "
-                "carvis cannot rebuild; re-save the model without it and do its scaling in the "
-                "profile (preprocess.scale/offset)") from exc
         raise CarvisError(f"{path}: Keras 3 cannot load this .keras file "
                           f"({files.first_line(exc)}); re-save it with the current Keras, or "
                           "export a .tflite") from exc
+
+
+def _keras3_load(path: Path, suffix: str) -> keras.Model:
+    """Keras 3's own loader on the file (never running code stored in it)."""
+    import keras
+
+    with _quiet(), _with_suffix(path, suffix) as alias:
+        model = keras.models.load_model(alias, compile=False, safe_mode=True)
     return _as_functional(model, path)
+
+
+def _load_keras3_identity(path: Path, kind: str, lambdas: list[str], lambda_policy: str
+                          ) -> keras.Model:
+    """A Keras 3 file with Lambda layers: refused, or loaded with them as identity."""
+    if lambda_policy != "identity":
+        raise keras3.refuse(path, lambdas)
+    try:
+        with keras3.identity_copy(path, kind) as (copy, names):
+            model = _keras3_load(copy, copy.suffix)
+    except CarvisError:
+        raise
+    except Exception as exc:  # e.g. a Lambda that changed the shape: identity does not fit
+        raise CarvisError(f"{path}: the model does not load with its Lambda layer(s) "
+                          f"{', '.join(map(repr, lambdas))} as identity "
+                          f"({files.first_line(exc)}); re-save it without them") from exc
+    _warn_identity(path, names)
+    return model
+
+
+def _warn_identity(path: Path, names: list[str]) -> None:
+    log.warning("%s: Lambda layer(s) %s replaced by identity (--lambda identity); do their "
+                "scaling in the profile (preprocess.scale/offset)", path,
+                ", ".join(repr(n) for n in names))
 
 
 def _as_functional(model: Any, path: Path) -> keras.Model:
@@ -110,6 +136,9 @@ def _load_h5(path: Path, lambda_policy: str) -> keras.Model:
     with files.open_h5(path) as h5:
         header = files.read_header(path, h5)
         if header.dialect == "keras3":
+            lambdas = keras3.lambdas_in(path, "h5")
+            if lambdas:
+                return _load_keras3_identity(path, "h5", lambdas, lambda_policy)
             return _load_with_keras3(path, header.version)
         if header.dialect == "keras2" and header.backend != "theano" and not any(
                 f'"{name}"' in header.raw_config for name in _CHANGED_ACTIVATIONS):
@@ -119,9 +148,7 @@ def _load_h5(path: Path, lambda_policy: str) -> keras.Model:
                 pass  # Keras 3 rejects the old config: rebuild it ourselves below
         model, lambdas = _rebuild(path, h5, header, lambda_policy)
     if lambdas:
-        names = ", ".join(repr(n) for n in lambdas)
-        log.warning("%s: Lambda layer(s) %s replaced by identity (--lambda identity); do their "
-                    "scaling in the profile (preprocess.scale/offset)", path, names)
+        _warn_identity(path, lambdas)
     return model
 
 
@@ -142,13 +169,9 @@ def _rebuild(path: Path, h5: h5py.File, header: files.H5Header,
 
 
 def _load_with_keras3(path: Path, version: str) -> keras.Model:
-    import keras
-
     try:
-        with _quiet(), _with_suffix(path, ".h5") as alias:
-            model = keras.models.load_model(alias, compile=False)
+        return _keras3_load(path, ".h5")
     except Exception as exc:  # any Keras failure becomes one line
         raise CarvisError(f"{path}: Keras 3 cannot load this Keras {version or '?'} .h5 "
                           f"({files.first_line(exc)}); re-save it as .keras, or export a .tflite"
                           ) from exc
-    return _as_functional(model, path)

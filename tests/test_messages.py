@@ -1,0 +1,89 @@
+"""Every message true (issue 14): the exact line, where the value came from, the exit code."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import REPO
+
+from carvis import cli
+
+
+def _run(capsys, *argv: str) -> tuple[int, list[str]]:
+    code = cli.main(list(argv))
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    return code, err
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--threshold", "300"], "carvis: error: --threshold 300 is not valid; allowed range 0..255"),
+    (["--colormap", "nosuch"], "carvis: error: --colormap 'nosuch' is not valid; choose one of: "
+                               "autumn, bone"),
+    (["--channel", "avg"], "carvis: error: --channel 'avg' is not valid; give an index, 'mean' "
+                           "or 'max'"),
+])
+def test_a_bad_flag_is_blamed_on_the_flag_not_the_profile(tmp_path, capsys, flags, line):
+    code, err = _run(capsys, "render", "synthetic:frames=2", "-o", str(tmp_path / "o.avi"),
+                     "--profile", str(REPO / "models" / "axionaut.yaml"), *flags)
+    assert code == 2 and len(err) == 1 and err[0].startswith(line), err
+    assert "axionaut.yaml" not in err[0]
+
+
+def test_a_bad_profile_value_is_blamed_on_the_file(tmp_path, capsys):
+    profile = tmp_path / "car.yaml"
+    profile.write_text("threshold: 300\n")
+    code, err = _run(capsys, "render", "synthetic:frames=2", "-o", str(tmp_path / "o.avi"),
+                     "--profile", str(profile))
+    assert code == 2 and err == [f"carvis: error: {profile}: threshold = 300 is not valid; "
+                                 "allowed range 0..255"]
+
+
+@pytest.fixture(scope="module")
+def keras3_lambda(tmp_path_factory):
+    """A Keras 3 model with a Python Lambda, saved as .h5 and as .keras."""
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((32, 48, 3))
+    x = keras.layers.Lambda(lambda t: t / 127.5 - 1.0, name="norm")(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="c2")(x)
+    out = keras.layers.Dense(1, name="angle")(keras.layers.Flatten()(x))
+    model = keras.Model(inp, out)
+    folder = tmp_path_factory.mktemp("lambda")
+    model.save(folder / "pilot.h5")
+    model.save(folder / "pilot.keras")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["pilot.h5", "pilot.keras"])
+def test_a_keras3_lambda_is_named_in_a_whole_sentence(keras3_lambda, tmp_path, capsys, name):
+    model = keras3_lambda / name
+    code, err = _run(capsys, "render", "synthetic:frames=2", "-o", str(tmp_path / "o.avi"),
+                     "--model", str(model), "--backend", "tensorflow")
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (f"carvis: error: {model}: layer 'norm' is a Lambda (Python code stored in "
+                      "the file) that carvis will not run; pass --lambda identity to treat it as "
+                      "identity and do its scaling in the profile (preprocess.scale/offset), or "
+                      "re-save the model without it")
+
+
+@pytest.mark.parametrize("name", ["pilot.h5", "pilot.keras"])
+def test_lambda_identity_runs_a_keras3_file(keras3_lambda, tmp_path, capsys, name):
+    model = keras3_lambda / name
+    out = tmp_path / "o.avi"
+    code, err = _run(capsys, "render", "synthetic:frames=2,size=96x64", "-o", str(out),
+                     "--model", str(model), "--lambda", "identity", "--backend", "tensorflow",
+                     "--quiet")
+    assert code == 0 and out.stat().st_size > 0, err
+    assert err == [f"carvis: warning: {model}: Lambda layer(s) 'norm' replaced by identity "
+                   "(--lambda identity); do their scaling in the profile "
+                   "(preprocess.scale/offset)"]
+
+
+def test_readme_troubleshooting_quotes_the_real_message(tmp_path, capsys):
+    code, err = _run(capsys, "render", "synthetic:frames=2", "-o", str(tmp_path / "o.avi"),
+                     "--layer", "nosuchlayer")
+    assert code == 2 and len(err) == 1
+    quoted = re.search(r"\*\*`(no layer named 'x' in model)", (REPO / "README.md").read_text())
+    assert quoted, "the README's troubleshooting quotes the message"
+    assert err[0].startswith("carvis: error: " + quoted.group(1).replace("'x'", "'nosuchlayer'"))
