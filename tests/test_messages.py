@@ -18,10 +18,10 @@ def _run(capsys, *argv: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("flags, line", [
     (["--threshold", "300"], "carvis: error: --threshold 300 is not valid; allowed range 0..255"),
-    (["--colormap", "nosuch"], "carvis: error: --colormap 'nosuch' is not valid; choose one of: "
-                               "autumn, bone"),
-    (["--channel", "avg"], "carvis: error: --channel 'avg' is not valid; give an index, 'mean' "
-                           "or 'max'"),
+    (["--colormap", "nosuch"], ("carvis: error: --colormap 'nosuch' is not valid; choose one of: "
+                               "autumn, bone")),
+    (["--channel", "avg"], ("carvis: error: --channel 'avg' is not valid; give an index, 'mean' "
+                           "or 'max'")),
 ])
 def test_a_bad_flag_is_blamed_on_the_flag_not_the_profile(tmp_path, capsys, flags, line):
     code, err = _run(capsys, "render", "synthetic:frames=2", "-o", str(tmp_path / "o.avi"),
@@ -35,8 +35,8 @@ def test_a_bad_profile_value_is_blamed_on_the_file(tmp_path, capsys):
     profile.write_text("threshold: 300\n")
     code, err = _run(capsys, "render", "synthetic:frames=2", "-o", str(tmp_path / "o.avi"),
                      "--profile", str(profile))
-    assert code == 2 and err == [f"carvis: error: {profile}: threshold = 300 is not valid; "
-                                 "allowed range 0..255"]
+    assert code == 2 and err == [(f"carvis: error: {profile}: threshold = 300 is not valid; "
+                                 "allowed range 0..255")]
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,9 @@ def test_lambda_identity_runs_a_keras3_file(keras3_lambda, tmp_path, capsys, nam
                      "--model", str(model), "--lambda", "identity", "--backend", "tensorflow",
                      "--quiet")
     assert code == 0 and out.stat().st_size > 0, err
-    assert err == [f"carvis: warning: {model}: Lambda layer(s) 'norm' replaced by identity "
+    assert err == [(f"carvis: warning: {model}: Lambda layer(s) 'norm' replaced by identity "
                    "(--lambda identity); do their scaling in the profile "
-                   "(preprocess.scale/offset)"]
+                   "(preprocess.scale/offset)")]
 
 
 def test_readme_troubleshooting_quotes_the_real_message(tmp_path, capsys):
