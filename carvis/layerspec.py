@@ -19,6 +19,9 @@ from carvis.errors import CarvisError
 CONV_TYPES = frozenset({"Conv2D", "Convolution2D", "SeparableConv2D", "DepthwiseConv2D",
                         "Conv2DTranspose"})
 
+#: TFLite ops that count for conv:N in a .tflite read from its ops (a car's own file).
+CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
+
 _INDEX = re.compile(r"[+-]?\d+")
 _CONV = re.compile(r"conv:(.*)", re.IGNORECASE)
 
@@ -32,8 +35,8 @@ class Row(Protocol):
 
 
 def is_conv_type(class_name: str) -> bool:
-    """True for a layer class that conv:N counts."""
-    return class_name in CONV_TYPES
+    """True for a layer class (or a .tflite row's ops, 'CONV_2D+ELU') that conv:N counts."""
+    return class_name in CONV_TYPES or class_name.split("+")[0] in CONV_OPS
 
 
 def parse(value: Any) -> str | int:

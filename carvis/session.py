@@ -3,8 +3,10 @@
 The policy lives here and nowhere else. ``auto`` runs LiteRT when ai-edge-litert is installed
 (a Keras model converted once per file content and cached, so later runs import neither
 TensorFlow nor Keras) and TensorFlow otherwise; a conversion that fails under ``auto`` falls
-back to TensorFlow with a note. A .tflite always runs on LiteRT and never imports TensorFlow;
-a carvis one-layer .tflite holds one layer, which a layer spec given with it must name.
+back to TensorFlow with a note. A .tflite always runs on LiteRT and never imports TensorFlow:
+a layer spec given with it must name a layer it holds, and the forward-only modes and the HUD
+run from what its metadata (or, for a car's own file, its ops) says; gradient modes need the
+Keras model on a machine with TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from carvis import explain, layerspec, models, settings
+from carvis import explain, models, settings
 from carvis.backends import BACKENDS, LITERT_HELP, Backend, litert_available
 from carvis.backends import cache as conversion_cache
 from carvis.backends.convert import ConversionError, convert, layer_meta
@@ -44,7 +46,8 @@ class ModelSession:
         self._explainers: dict[tuple, explain.Explainer] = {}
         self._model: Any = None
         self._sha256: str | None = None
-        self._tflite: LayerBackend | None = None
+        self._file: LiteRTModel | None = None  # a .tflite: every output it holds
+        self._facts: explain.ModelFacts | None = None
         # Only settings here: importing TensorFlow (quietly) is models.load_model's business;
         # a .tflite, or a layer LiteRT finds in the cache, must not pull it in at all.
         quiet_environment()
@@ -56,7 +59,9 @@ class ModelSession:
             if not litert_available():
                 raise CarvisError(f"{self.path.name}: .tflite models need ai-edge-litert; "
                                   f"{LITERT_HELP}")
-            self._tflite = LayerBackend(load(self.path, num_threads))
+            self._file = load(self.path, num_threads)
+            self._facts = explain.facts_from(self._file.meta, self.path.name,
+                                             self._file.input_shape, self._file.output_shapes)
             self.backend_name = "litert"
         elif backend == "litert" and not litert_available():
             raise CarvisError(f"--backend litert needs ai-edge-litert; {LITERT_HELP}, "
@@ -92,7 +97,7 @@ class ModelSession:
 
     def _meta(self) -> Any:
         """Metadata of a built LiteRT backend (a .tflite's or a cached conversion's), if any."""
-        for built in [self._tflite, *self._backends.values()]:
+        for built in [self._file, *self._backends.values()]:
             meta = getattr(built, "meta", None)
             if meta is not None:
                 return meta
@@ -100,15 +105,18 @@ class ModelSession:
 
     def input_shape(self) -> tuple[int, int, int]:
         """The model's input (H, W, C)."""
-        built = next(iter(self._backends.values()), None) or self._tflite
+        built = self._file or next(iter(self._backends.values()), None)
         if built is not None:
             return tuple(built.input_shape)
         return tuple(int(d) for d in self.model.inputs[0].shape[1:])
 
     def conv_layers(self) -> list[str]:
         """Names of the model's spatial conv layers, in order (for 'next layer' keys)."""
-        if self._tflite is not None:
-            return [self._tflite.layer_name]
+        if self._facts is not None:
+            facts = self._facts
+            held = [n for n in facts.shown if n in facts.held]
+            return held or [row.name for row in facts.rows if row.is_conv and row.is_spatial
+                            and row.name in facts.held]
         meta = self._meta() if self._model is None else None
         if meta is not None and meta.conv_layers:
             return list(meta.conv_layers)
@@ -118,10 +126,10 @@ class ModelSession:
     def layer_names(self) -> list[str]:
         """All layer names in model order, without loading Keras when LiteRT has them."""
         meta = self._meta() if self._model is None else None
+        if self._facts is not None:
+            return [row.name for row in self._facts.rows]
         if meta is not None and meta.layer_names:
             return list(meta.layer_names)
-        if self._tflite is not None:
-            return [self._tflite.layer_name]
         return [layer.name for layer in self.model.layers]
 
     # -- backends -------------------------------------------------------------------------------
@@ -129,9 +137,8 @@ class ModelSession:
         """The backend for a layer spec (name, index or conv:N), built on first use."""
         key = str(layer_spec).strip()
         if key not in self._backends:
-            if self._tflite is not None:
-                self._check_tflite_layer(layer_spec)
-                built: Backend = self._tflite
+            if self._facts is not None:
+                built: Backend = self._file_layer(self._facts.resolve(layer_spec))
             elif self.backend_name == "litert":
                 try:
                     built = self._litert(layer_spec)
@@ -145,17 +152,11 @@ class ModelSession:
             self._backends[key] = built
         return self._backends[key]
 
-    def _check_tflite_layer(self, spec: str | int) -> None:
-        tfl = self._tflite
-        meta = tfl.meta
-        if meta is not None and meta.matches(spec):
-            return
-        if meta is None and layerspec.matches(spec, name=tfl.layer_name):
-            return
-        what = meta.describe() if meta else f"output {tfl.layer_name!r}"
-        raise CarvisError(f"{self.path.name} holds one layer, its {what}; it cannot show layer "
-                          f"{str(spec)!r}: pass --layer {tfl.layer_name}, or export that layer "
-                          f"with carvis export MODEL --layer {spec} -o OUT.tflite")
+    def _file_layer(self, name: str) -> Backend:
+        for built in self._backends.values():
+            if built.layer_name == name:
+                return built
+        return LayerBackend(self._file, name)
 
     def _tensorflow(self, spec: str | int) -> Backend:
         layer = models.resolve_layer(self.model, spec)
@@ -193,6 +194,20 @@ class ModelSession:
         return LiteRTModel(data, self.path.name, self.num_threads,
                            rename={steering: explain.PREDICTION})
 
+    def _file_forward(self, names: tuple[str, ...], steering: str) -> explain.Forward:
+        """The named outputs of the .tflite and its steering output (as explain.PREDICTION),
+        read from the one interpreter after one invoke."""
+        model = self._file
+        wanted = tuple(dict.fromkeys((*names, steering)))
+
+        def forward(batch: Any) -> dict[str, Any]:
+            out = model(batch, wanted)
+            result = {name: out[name] for name in names}
+            result[explain.PREDICTION] = out[steering]
+            return result
+
+        return forward
+
     # -- explainers -----------------------------------------------------------------------------
     def explainer(self, mode: str, target: str, layer: str | None,
                   smoothgrad: tuple[int, float] | None = None) -> explain.Explainer:
@@ -205,12 +220,19 @@ class ModelSession:
 
     def _build_explainer(self, mode: str, target: str, layer: str | None,
                          smoothgrad: tuple[int, float] | None) -> explain.Explainer:
-        if self.is_tflite:
-            what = "the HUD" if mode == "activation" else f"mode {mode!r}"
-            raise CarvisError(f"{what} needs the Keras model (.h5/.keras): {self.path.name} "
-                              "holds one layer; give that model with --model, or use mode "
-                              "activation without the HUD")
         kwargs = {"layer": layer, "target": target, "smoothgrad": smoothgrad}
+        if self._facts is not None:
+            if mode in settings.GRADIENT_MODES:
+                raise CarvisError(f"mode {mode!r} needs gradients, which TFLite's built-in ops "
+                                  "cannot compute: it needs the laptop (the .h5/.keras model "
+                                  "with --backend tensorflow on a machine with TensorFlow)")
+            try:
+                return explain.make_explainer(mode, self._facts, **kwargs,
+                                              forward_factory=self._file_forward)
+            except CarvisError as exc:
+                what = "the HUD" if mode == "activation" else f"mode {mode!r}"
+                raise CarvisError(f"{what} needs the Keras model (.h5/.keras) or a .tflite "
+                                  f"exported for it: {exc}") from None
         if mode in settings.GRADIENT_MODES:
             explain.require_tensorflow(mode, "litert" if self.requested == "litert"
                                        else "tensorflow")

@@ -120,18 +120,7 @@ def donkey(tmp: Path, rng: np.random.Generator) -> tuple[Case, Case]:
     """DonkeyCar KerasLinear (120×160×3, 5 convs, angle + throttle heads), and its Theano twin."""
     K = _tf_keras()
     L = K.layers
-    img_in = L.Input(shape=(120, 160, 3), name="img_in")
-    x = img_in
-    for i, (filters, size, stride) in enumerate(
-            [(24, 5, 2), (32, 5, 2), (64, 5, 2), (64, 3, 1), (64, 3, 1)], start=1):
-        x = L.Conv2D(filters, (size, size), strides=(stride, stride), activation="relu",
-                     name=f"conv2d_{i}")(x)
-        x = L.Dropout(0.1)(x)
-    x = L.Flatten(name="flattened")(x)
-    x = L.Dense(100, activation="relu", name="dense_1")(x)
-    x = L.Dropout(0.1)(x)
-    x = L.Dense(50, activation="relu", name="dense_2")(x)
-    x = L.Dropout(0.1)(x)
+    img_in, x = _donkey_body(L)
     angle = L.Dense(1, activation="linear", name="angle_out")(x)
     throttle = L.Dense(1, activation="linear", name="throttle_out")(x)
     model = K.Model(inputs=[img_in], outputs=[angle, throttle])
@@ -157,6 +146,63 @@ def donkey(tmp: Path, rng: np.random.Generator) -> tuple[Case, Case]:
                 expected={k: case.expected[k] for k in GRID_LAYERS["donkey_theano"]},
                 params=case.params, layer_names=case.layer_names, keras3_loads=True)
     return case, twin
+
+
+def _donkey_body(L: Any) -> tuple[Any, Any]:
+    """DonkeyCar's default_n_linear / default_categorical body: 5 convs, 2 dense, dropouts."""
+    img_in = L.Input(shape=(120, 160, 3), name="img_in")
+    x = img_in
+    for i, (filters, size, stride) in enumerate(
+            [(24, 5, 2), (32, 5, 2), (64, 5, 2), (64, 3, 1), (64, 3, 1)], start=1):
+        x = L.Conv2D(filters, (size, size), strides=(stride, stride), activation="relu",
+                     name=f"conv2d_{i}")(x)
+        x = L.Dropout(0.1)(x)
+    x = L.Flatten(name="flattened")(x)
+    x = L.Dense(100, activation="relu", name="dense_1")(x)
+    x = L.Dropout(0.1)(x)
+    x = L.Dense(50, activation="relu", name="dense_2")(x)
+    return img_in, L.Dropout(0.1)(x)
+
+
+def donkey_categorical(tmp: Path, rng: np.random.Generator) -> Path:
+    """DonkeyCar KerasCategorical: the same body, a softmax of 15 angle and 20 throttle bins."""
+    K = _tf_keras()
+    L = K.layers
+    img_in, x = _donkey_body(L)
+    angle = L.Dense(15, activation="softmax", name="angle_out")(x)
+    throttle = L.Dense(20, activation="softmax", name="throttle_out")(x)
+    model = K.Model(inputs=[img_in], outputs=[angle, throttle])
+    _randomize(model, rng)
+    path = tmp / "donkey_categorical.h5"
+    _save(model, path)
+    return path
+
+
+def gap_pilot(tmp: Path, rng: np.random.Generator) -> Path:
+    """A small car ConvNet with a GlobalAveragePooling2D → Dense softmax head (for cam)."""
+    K = _tf_keras()
+    L = K.layers
+    img_in = L.Input(shape=(66, 200, 3), name="img_in")
+    x = L.Conv2D(16, (5, 5), strides=(2, 2), activation="relu", name="conv2d_1")(img_in)
+    x = L.MaxPooling2D((2, 2), name="pool_1")(x)
+    x = L.Conv2D(24, (3, 3), padding="same", activation="relu", name="conv2d_2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    out = L.Dense(5, activation="softmax", name="steering")(x)
+    model = K.Model(img_in, out)
+    _randomize(model, rng)
+    path = tmp / "gap_pilot.h5"
+    _save(model, path)
+    return path
+
+
+def to_tflite(h5: Path) -> Path:
+    """A Keras 2 .h5 converted by the real TFLite converter, as a car would ship it."""
+    import tensorflow as tf
+
+    model = _tf_keras().models.load_model(h5, compile=False)
+    path = h5.with_suffix(".tflite")
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return path
 
 
 def _pilotnet_body(L: Any, first: Any) -> list[Any]:

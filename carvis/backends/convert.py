@@ -7,8 +7,10 @@ the HUD read on LiteRT.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,9 @@ def layer_meta(model: Any, names: list[str] | tuple[str, ...], source: Path | No
         model_sha256=sha256,
         conv_layers=tuple(info.name for info in convs if info.is_spatial),
         layer_names=tuple(info.name for info in table),
+        outputs=tuple(names), shown=tuple(names),
+        layer_types=tuple(info.type for info in table),
+        layer_shapes=tuple(info.output_shape for info in table),
     )
 
 
@@ -97,9 +102,15 @@ def _to_tflite(sub: Any, serve: Any, shape: tuple, what: str) -> bytes:
                           "use --backend tensorflow") from None
 
 
-def export(model_path: str | os.PathLike, layer_spec: str | int, out: str | os.PathLike,
-           lambda_policy: str = "error") -> tuple[LayerMeta, float | None]:
-    """Write a model cut at a layer to OUT.tflite; its metadata and max |LiteRT − TF| (or None)."""
+#: Adds what modes need to an export: (model, shown layers) → (more outputs, meta fields).
+Extra = Callable[[Any, list[str]], tuple[list[str], dict[str, Any]]]
+
+
+def export(model_path: str | os.PathLike, layer_specs: Sequence[str | int] | str | int,
+           out: str | os.PathLike, lambda_policy: str = "error", extra: Extra | None = None
+           ) -> tuple[LayerMeta, float | None]:
+    """Write the model's named layers (and what extra adds: the steering output, vbp's taps,
+    ...) to OUT.tflite; its metadata and max |LiteRT − TF| over the outputs (or None)."""
     out = Path(out)
     if out.suffix.lower() != ".tflite":
         raise CarvisError(f"output {str(out)!r} must end in .tflite")
@@ -113,19 +124,39 @@ def export(model_path: str | os.PathLike, layer_spec: str | int, out: str | os.P
     except ImportError as exc:
         raise CarvisError(f"carvis export needs TensorFlow ({exc.name or exc}): "
                           "pip install tensorflow") from None
-    layer = models.resolve_layer(model, layer_spec)
-    meta = layer_meta(model, [layer.name], source, file_sha256(source))
-    data = convert(model, [layer.name], meta)
+    if isinstance(layer_specs, (str, int)):  # one layer
+        layer_specs = [layer_specs]
+    names = list(dict.fromkeys(models.resolve_layer(model, spec).name for spec in layer_specs))
+    meta = layer_meta(model, names, source, file_sha256(source)) if names else None
+    outputs, fields = extra(model, names) if extra is not None else ([], {})
+    outputs = list(dict.fromkeys([*names, *outputs]))
+    if not outputs:
+        raise CarvisError("nothing to export: give --layer/--layers/--all-conv, or --with "
+                          "hud,vbp,cam, or --car")
+    if meta is None:
+        meta = dataclasses.replace(layer_meta(model, outputs[:1], source, file_sha256(source)),
+                                   shown=(), layer_index=None, conv=None, output_shape=())
+    meta = dataclasses.replace(meta, outputs=tuple(outputs), **fields)
+    if len(outputs) > 1:
+        meta = dataclasses.replace(meta, layer=names[0] if names else outputs[0])
+    data = convert(model, outputs, meta)
     write_atomic(out, data)
-    return meta, check(model, layer, data)
+    return meta, check(model, outputs, data)
 
 
-def check(model: Any, layer: Any, data: bytes) -> float | None:
-    """Largest |LiteRT − TensorFlow| on one random input in the model's input range."""
+def check(model: Any, names: Sequence[str], data: bytes) -> float | None:
+    """Largest |LiteRT − TensorFlow| over the outputs, on one random input in [0, 1]."""
     if not litert_available():
         return None
+    import keras
+
     lite = LiteRTModel(data)
     x = np.random.default_rng(0).uniform(0, 1, (1,) + lite.input_shape).astype(np.float32)
-    expected = np.asarray(models.truncated_model(model, layer)(x, training=False))[0]
-    (got,) = lite(x).values()
-    return float(np.abs(got[0] - expected).max())
+    sub = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
+    expected = sub(x, training=False)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    got = lite(x)
+    if len(names) == 1:
+        got = {names[0]: next(iter(got.values()))}
+    return max(float(np.abs(got[n] - np.asarray(e)).max()) for n, e in zip(names, expected,
+                                                                          strict=True))

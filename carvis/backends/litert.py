@@ -1,9 +1,9 @@
 """The LiteRT backend: the one interpreter wrapper carvis has, for 1..N named outputs.
 
 A .tflite runs here without TensorFlow: carvis' own exports (one layer, or every output a
-mode needs, named after the layers by the file's signature) and plain files (outputs named
-after their tensors). int8/uint8 tensors are (de)quantized at the boundary, so callers always
-see float32.
+mode needs, named after the layers by the file's signature) and a car's own file (input →
+steering), whose layers :mod:`carvis.backends.flatgraph` reads from its ops and adds as
+outputs. int8/uint8 tensors are (de)quantized at the boundary, so callers always see float32.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from carvis.backends import LITERT_HELP
+from carvis import models
+from carvis.backends import LITERT_HELP, flatgraph
 from carvis.backends.tflite import LayerMeta, read_meta, read_tflite, shape_text
 from carvis.errors import CarvisError
 from carvis.tfquiet import held_stderr
@@ -29,7 +30,8 @@ class LiteRTModel:
     backend = "litert"
 
     def __init__(self, flatbuffer: bytes, source: str = "<tflite>", num_threads: int = 1,
-                 rename: Mapping[str, str] | None = None) -> None:
+                 rename: Mapping[str, str] | None = None, meta: LayerMeta | None = None,
+                 preserve_all_tensors: bool = False) -> None:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -41,8 +43,9 @@ class LiteRTModel:
         try:
             # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" and the like on fd 2
             with held_stderr() as lines:
-                self.interpreter = Interpreter(model_content=flatbuffer,
-                                               num_threads=num_threads)
+                self.interpreter = Interpreter(
+                    model_content=flatbuffer, num_threads=num_threads,
+                    experimental_preserve_all_tensors=preserve_all_tensors)
                 outputs = self._prepare()
         except (ValueError, RuntimeError) as exc:
             raise CarvisError(f"{source}: LiteRT cannot load this model "
@@ -51,13 +54,13 @@ class LiteRTModel:
             for line in lines:
                 if not line.startswith("INFO: "):
                     log.warning("%s", line)
-        self.meta: LayerMeta | None = read_meta(flatbuffer)
+        self.meta: LayerMeta | None = meta or read_meta(flatbuffer)
         inp = self.interpreter.get_input_details()[0]
         self.input_shape = tuple(int(d) for d in inp["shape"][1:])
         self._in = (inp["index"], _quant(inp), inp["dtype"])
         rename = dict(rename or {})
-        self._out = [(rename.get(name, name), d["index"], _quant(d)) for name, d in outputs]
-        self.output_names = tuple(name for name, _, _ in self._out)
+        self._out = {rename.get(name, name): (d["index"], _quant(d)) for name, d in outputs}
+        self.output_names = tuple(self._out)
         self.output_shapes = {rename.get(name, name): tuple(int(x) for x in d["shape"][1:])
                               for name, d in outputs}
         for kind, d in (("input", inp), *(("output", d) for _, d in outputs)):
@@ -84,8 +87,10 @@ class LiteRTModel:
             return [(name, by_index[index]) for name, index in named.items()]
         return [(str(d["name"]), d) for d in by_index.values()]
 
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for one input batch (1, H, W, C), float32, batch axis kept."""
+    def __call__(self, batch: np.ndarray, names: tuple[str, ...] | None = None
+                 ) -> dict[str, np.ndarray]:
+        """Every output (or the named ones) for one input batch (1, H, W, C), float32, batch
+        axis kept."""
         index, quant, dtype = self._in
         if quant is not None:
             scale, zero = quant
@@ -94,7 +99,8 @@ class LiteRTModel:
         self.interpreter.set_tensor(index, np.ascontiguousarray(batch))
         self.interpreter.invoke()
         out = {}
-        for name, tensor, q in self._out:
+        for name in self.output_names if names is None else names:
+            tensor, q = self._out[name]
             value = self.interpreter.get_tensor(tensor)  # a copy: safe past the next invoke
             if q is not None:
                 value = (value.astype(np.float32) - q[1]) * np.float32(q[0])
@@ -111,23 +117,56 @@ class LayerBackend:
         self.model = model
         self.meta = model.meta
         self.output = output or model.output_names[0]
-        self.layer_name = model.meta.layer if model.meta and output is None else self.output
+        self.layer_name = self.output
         self.input_shape = model.input_shape
         self.output_shape = model.output_shapes[self.output]
+        self._names = (self.output,)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(batch)[self.output][0]
+        return self.model(batch, self._names)[self.output][0]
 
 
-def load(path: str | Path, num_threads: int = 1) -> LiteRTModel:
-    """A .tflite file on LiteRT."""
-    return LiteRTModel(read_tflite(path), Path(path).name, num_threads)
+def load(path: str | Path, num_threads: int = 1, preserve_all_tensors: bool = False
+         ) -> LiteRTModel:
+    """A .tflite file on LiteRT; a car's own file with its layers added as outputs."""
+    data, name = read_tflite(path), Path(path).name
+    meta = read_meta(data)
+    if meta is None:
+        meta, tensors = flatgraph.describe(data, name)
+        if not preserve_all_tensors:
+            data = flatgraph.with_outputs(data, tensors)
+    return LiteRTModel(data, name, num_threads, meta=meta,
+                       preserve_all_tensors=preserve_all_tensors)
 
 
 def describe(path: str | Path) -> str:
-    """What `carvis layers` shows for a .tflite: its layer, shapes and source model."""
+    """What `carvis layers` shows for a .tflite: its layers, shapes, what the modes can use."""
     model = load(path)
     name, meta = Path(path).name, model.meta
+    if meta is None or not meta.layer_types:
+        return _describe_one(name, model)
+    held = set(model.output_names)
+    head = meta.head or {}
+    notes = {n: "in the file" for n in held}
+    notes.update({n: "shown" for n in meta.shown})
+    if head:
+        kind = "softmax of bins" if head.get("softmax") else (
+            "bins" if head.get("units", 1) > 1 else "regression")
+        notes[head["layer"]] = f"steering, {head.get('units')} unit(s), {kind} (HUD)"
+    rows = [models.layer_info(i, n, t, tuple(sh)) for i, (n, t, sh) in enumerate(zip(
+        meta.layer_names, meta.layer_types, meta.layer_shapes, strict=True))]
+    vbp = (meta.vbp or {}).get("chain") and "vbp" or (meta.vbp or {}).get("error", "")
+    modes = ", ".join(x for x in ("HUD" if head else "", vbp, "cam" if meta.cam else "") if x)
+    what = ("a car's own model, read from its ops" if meta.derived
+            else f"exported by carvis {meta.carvis} from {meta.model}")
+    header = (f"{name}: {what}; input {shape_text(meta.input_shape)}; "
+              f"modes beyond activation: {modes or 'none'}")
+    return header + "\n" + models.format_rows(rows, notes)
+
+
+def _describe_one(name: str, model: LiteRTModel) -> str:
+    """A one-layer carvis file, or a plain file's outputs."""
+    meta = model.meta
     if meta is None:
         what = "its output is the layer" if len(model.output_names) == 1 else \
             "its outputs are the layers"

@@ -1,9 +1,12 @@
 """The .tflite file: its TFL3 tag, and the ``carvis`` metadata entry carvis writes into it.
 
 A carvis .tflite records (as JSON) which layer(s) of which model it holds, their index and
-conv:N, the shapes and the source model's layer names, so ``carvis layers X.tflite`` and error
-messages can name them without TensorFlow or Keras. Reading needs only LiteRT's copy of the
-flatbuffer schema.
+conv:N, the shapes and the source model's layer table, so ``carvis layers X.tflite`` and error
+messages can name them without TensorFlow or Keras; and what the modes need beyond the
+outputs (format 2): the steering head (the HUD), VisualBackProp's path with every layer's
+window (kernel size, stride, padding), CAM's Dense weights. A car's own .tflite has no such
+entry: :mod:`carvis.backends.flatgraph` derives the same record from its ops. Reading needs
+only LiteRT's copy of the flatbuffer schema.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from carvis.errors import CarvisError
 
 META_NAME = "carvis"
 #: Bumped when the conversion changes, so cached files from an older carvis are not reused.
-FORMAT = 1
+#: 2: several outputs, the layer table's types and shapes, head, vbp, cam (1 is still read).
+FORMAT = 2
 TFLITE_MAGIC = b"TFL3"
 
 
@@ -39,6 +43,15 @@ class LayerMeta:
     layer_names: tuple[str, ...] = ()  # all the source model's layers, in order
     carvis: str = __version__
     format: int = FORMAT
+    # format 2
+    outputs: tuple[str, ...] = ()  # every output of the file, by name (layers, steering, taps)
+    shown: tuple[str, ...] = ()  # the layers exported to be shown (the `l` key cycles them)
+    layer_types: tuple[str, ...] = ()  # the source model's layer classes (or ops), in order
+    layer_shapes: tuple[tuple[int, ...], ...] = ()  # their output shapes (without the batch)
+    head: dict | None = None  # the steering head: index, layer, units, softmax
+    vbp: dict | None = None  # {"input_hw", "chain": [{name, type, out_hw, config, activation}]}
+    cam: dict | None = None  # {"layer": the map before GAP, "kernel": the Dense kernel}
+    derived: bool = False  # read from a car's own file's ops, not written by carvis
 
     def to_json(self) -> bytes:
         """The metadata as compact UTF-8 JSON."""
@@ -50,10 +63,15 @@ class LayerMeta:
         raw = json.loads(data.decode())
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in fields}
-        for key in ("input_shape", "output_shape", "conv_layers", "layer_names"):
+        for key in ("input_shape", "output_shape", "conv_layers", "layer_names", "outputs",
+                    "shown", "layer_types"):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(**values)
+        values["layer_shapes"] = tuple(tuple(s) for s in values.get("layer_shapes", ()))
+        meta = cls(**values)
+        if not meta.outputs:  # format 1: one layer, or several joined by '+'
+            meta.outputs = meta.shown = tuple(meta.layer.split("+"))
+        return meta
 
     def matches(self, spec: str | int) -> bool:
         """True if a layer spec (name, index, conv:N) names this layer."""
@@ -61,9 +79,14 @@ class LayerMeta:
                                  count=self.layers, conv=self.conv)
 
     def describe(self) -> str:
-        """'layer 'x' (17, 62, 2) of model.h5' in a few words."""
+        """'layer 'x' (17, 62, 2) of model.h5' in a few words (layers a, b, ... for several)."""
         source = f" of {self.model}" if self.model else ""
-        return f"layer {self.layer!r} {shape_text(self.output_shape)}{source}"
+        modes = [mode for mode, there in (("HUD", self.head), ("vbp", (self.vbp or {}).get(
+            "chain")), ("cam", self.cam)) if there]
+        extra = f" (with {', '.join(modes)})" if modes else ""
+        if len(self.shown) == 1 and self.output_shape:
+            return f"layer {self.layer!r} {shape_text(self.output_shape)}{source}{extra}"
+        return f"layers {', '.join(self.shown) or '(none to show)'}{source}{extra}"
 
 
 def shape_text(shape: tuple[int, ...]) -> str:

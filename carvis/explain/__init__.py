@@ -28,6 +28,7 @@ from carvis.explain.base import (
     require_tensorflow,
 )
 from carvis.explain.cam import CAM, cam_head
+from carvis.explain.facts import ModelFacts, facts_from
 from carvis.explain.geometry import AxisOp, layer_geometry
 from carvis.explain.gradcam import GradCAM, GuidedGradCAM, gradcam_map
 from carvis.explain.graph import SteeringHead, steering_head
@@ -53,8 +54,9 @@ __all__ = [
     "CAM", "EXPLAINERS", "FORWARD_MODES", "GRADIENT_MODES", "INPUT", "MODES", "PREDICTION",
     "SMALL_VALUES_EPS", "TARGETS", "ActivationExplainer", "AxisOp", "BinsTarget", "CourseTarget",
     "Explainer", "Explanation", "Forward", "GradCAM", "GuidedBackprop", "GuidedGradCAM",
-    "LayerTarget", "PredictedBin", "Saliency", "SteerTarget", "SteeringHead", "Target",
-    "VBPPlan", "VisualBackProp", "cam_head", "gradcam_map", "guided_clone", "layer_geometry",
-    "make_explainer", "make_target", "parse_mode", "parse_target", "require_tensorflow",
-    "saliency_map", "side_bins", "steering_head", "vbp_plan",
+    "LayerTarget", "ModelFacts", "PredictedBin", "Saliency", "SteerTarget", "SteeringHead",
+    "Target", "VBPPlan", "VisualBackProp", "cam_head", "facts_from", "gradcam_map",
+    "guided_clone", "layer_geometry", "make_explainer", "make_target", "parse_mode",
+    "parse_target", "require_tensorflow", "saliency_map", "side_bins", "steering_head",
+    "vbp_plan",
 ]

@@ -19,7 +19,8 @@ import numpy as np
 
 from carvis import models
 from carvis.errors import CarvisError
-from carvis.explain.graph import steering_head
+from carvis.explain.facts import ModelFacts
+from carvis.explain.graph import output_layer_names, steering_head
 from carvis.explain.guided import guided_clone
 from carvis.explain.targets import Target, make_target
 from carvis.settings import GRADIENT_MODES
@@ -77,8 +78,9 @@ class Explainer:
                  forward: Forward | None = None,
                  forward_factory: Callable[[tuple[str, ...], str], Forward] | None = None,
                  seed: int = 0) -> None:
-        self.model = model
-        self.head = steering_head(model)
+        self.model = model  # a Keras model, or a .tflite's ModelFacts (forward-only modes)
+        facts = isinstance(model, ModelFacts)
+        self.head = model.steering_head() if facts else steering_head(model)
         self.channel = channel
         self.layer = self._resolve_layer(layer)
         self.target = (make_target(target, self.head, model, self.layer)
@@ -92,9 +94,14 @@ class Explainer:
                               "SIGMA in 0..1 (a fraction of the input's value range)")
         self.smooth_n, self.smooth_sigma = int(n), float(sigma)
         self._rng = np.random.default_rng(seed)
-        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        self.input_shape = tuple(int(d) for d in (model.input_shape if facts
+                                                  else model.inputs[0].shape[1:]))
         self.batch_size = 1 + self.smooth_n
-        self.output_layers = self._output_layers()
+        # The model's other outputs (a two-output pilot's throttle) come out of the same run.
+        outputs = ((getattr(model.meta, "head", None) or {}).get("outputs", ()) if facts
+                   else output_layer_names(model))
+        self.other_outputs = tuple(n for n in outputs if n != self.head.layer)
+        self.output_layers = tuple(dict.fromkeys(self._output_layers() + self.other_outputs))
         if (forward is not None or forward_factory is not None) and self.wrt:
             raise CarvisError(f"mode {self.mode!r} needs gradients; it runs on the TensorFlow "
                               "backend only (--backend tensorflow)")
@@ -113,6 +120,8 @@ class Explainer:
     def _resolve_layer(self, layer: str | int | None) -> str | None:
         if layer is None:
             return None
+        if isinstance(self.model, ModelFacts):
+            return self.model.resolve(layer)
         return models.resolve_layer(self.model, layer).name
 
     def _output_layers(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.explain.base import PREDICTION, Explainer
+from carvis.explain.facts import ModelFacts
 from carvis.explain.graph import SteeringHead, inbound, layer_configs, steering_head
 
 # Layers between the Dense head and the pooling that change no value CAM reads.
@@ -55,7 +56,8 @@ class CAM(Explainer):
     uses_target = True
 
     def __init__(self, model: Any, **kwargs: Any) -> None:
-        self.cam_layer, self.kernel = cam_head(model, steering_head(model))
+        self.cam_layer, self.kernel = (model.cam_head() if isinstance(model, ModelFacts)
+                                       else cam_head(model, steering_head(model)))
         super().__init__(model, **kwargs)
         if self.target.layer is not None:
             raise CarvisError("cam weighs the map by the Dense head; a layer target does not "

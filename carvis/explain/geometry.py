@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from carvis.errors import CarvisError
+from carvis.explain.graph import activation_name, spatial
 from carvis.layerspec import CONV_TYPES
 
 # A transposed convolution reads its input the other way round: its geometry is not an AxisOp,
@@ -105,17 +106,36 @@ def _window(cls: str, cfg: dict) -> tuple[tuple[int, int], tuple[int, int], tupl
             _pair(cfg.get("dilation_rate", 1)))
 
 
+_CONFIG_KEYS = ("kernel_size", "strides", "dilation_rate", "padding", "pool_size", "cropping",
+                "size", "interpolation", "data_format")
+
+
+def layer_record(layer: Any) -> dict:
+    """A Keras layer as VisualBackProp's path keeps it (and a .tflite's metadata stores it):
+    name, class, output (H, W), the window's config, the built-in activation."""
+    cfg = layer.get_config()
+    config = {k: cfg[k] for k in _CONFIG_KEYS if k in cfg and cfg[k] is not None}
+    return {"name": layer.name, "type": type(layer).__name__,
+            "out_hw": list(spatial(layer.output.shape) or ()), "config": config,
+            "activation": activation_name(layer)}
+
+
 def layer_geometry(layer: Any, in_hw: tuple[int, int], out_hw: tuple[int, int]
                    ) -> tuple[AxisOp, AxisOp] | None:
-    """How a layer reads its input, per axis; None for a pixel-wise layer (no geometry)."""
-    cls = type(layer).__name__
-    cfg = layer.get_config()
+    """How a Keras layer reads its input, per axis; None for a pixel-wise layer."""
+    return record_geometry(layer_record(layer), in_hw, out_hw)
+
+
+def record_geometry(record: dict, in_hw: tuple[int, int], out_hw: tuple[int, int]
+                    ) -> tuple[AxisOp, AxisOp] | None:
+    """How a layer (a :func:`layer_record`) reads its input, per axis; None if pixel-wise."""
+    cls, cfg, name = record["type"], record["config"], record["name"]
     (hi, wi), (ho, wo) = in_hw, out_hw
     if cls in VBP_CONV_TYPES or cls in _POOL_TYPES:
         size, stride, dil = _window(cls, cfg)
         padding = str(cfg.get("padding", "valid")).lower()
         if cfg.get("data_format") == "channels_first":
-            raise CarvisError(f"layer {layer.name!r} is channels_first; vbp needs channels_last")
+            raise CarvisError(f"layer {name!r} is channels_first; vbp needs channels_last")
         ops = []
         for n_in, n_out, k, s, d in ((hi, ho, size[0], stride[0], dil[0]),
                                      (wi, wo, size[1], stride[1], dil[1])):
@@ -130,13 +150,13 @@ def layer_geometry(layer: Any, in_hw: tuple[int, int], out_hw: tuple[int, int]
         return AxisOp(hi, ho, pad=-top), AxisOp(wi, wo, pad=-left)
     if cls == "UpSampling2D":
         if str(cfg.get("interpolation", "nearest")) != "nearest":
-            raise CarvisError(f"layer {layer.name!r} upsamples with "
+            raise CarvisError(f"layer {name!r} upsamples with "
                               f"{cfg.get('interpolation')!r}; vbp handles nearest only")
         fh, fw = _pair(cfg.get("size", 2))
         return AxisOp(hi, ho, repeat=fh), AxisOp(wi, wo, repeat=fw)
     if cls in ELEMENTWISE and in_hw == out_hw:
         return None
-    raise CarvisError(f"vbp cannot pass back through layer {layer.name!r} ({cls}); it handles "
+    raise CarvisError(f"vbp cannot pass back through layer {name!r} ({cls}); it handles "
                       "conv, pooling, padding, cropping, upsampling and pixel-wise layers; "
                       "use --mode gradcam or saliency")
 

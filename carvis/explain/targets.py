@@ -14,6 +14,7 @@ import numpy as np
 
 from carvis import models, settings
 from carvis.errors import CarvisError
+from carvis.explain.facts import ModelFacts
 from carvis.explain.graph import SteeringHead
 
 # keras-vis' small_values gradient modifier: |1 / (g + K.epsilon())|, epsilon = 1e-7.
@@ -145,7 +146,9 @@ def make_target(spec: str | Target | None, head: SteeringHead, model: Any = None
         chosen = text[6:] if text.startswith("layer:") else layer
         if chosen is None:
             raise CarvisError("target 'layer' needs a layer; pass --layer L or target layer:L")
-        if model is not None:
+        if isinstance(model, ModelFacts):
+            chosen = model.resolve(chosen)
+        elif model is not None:
             chosen = models.resolve_layer(model, chosen).name
         return LayerTarget(chosen)
     if head.kind == "bins":

@@ -18,21 +18,17 @@ import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.explain.base import Explainer
+from carvis.explain.facts import ModelFacts
 from carvis.explain.geometry import (
     ACTIVATION_LAYERS,
     ELEMENTWISE,
     VBP_CONV_TYPES,
     AxisOp,
-    layer_geometry,
+    layer_record,
+    record_geometry,
     step_adjoint,
 )
-from carvis.explain.graph import (
-    SteeringHead,
-    activation_name,
-    spatial,
-    spatial_chain,
-    steering_head,
-)
+from carvis.explain.graph import SteeringHead, spatial, spatial_chain, steering_head
 
 
 @dataclasses.dataclass
@@ -93,48 +89,66 @@ class VBPPlan:
                    tuple(tuple(hw) for hw in raw["tap_hw"]), steps)
 
 
-def _tap(chain: list[Any], i: int) -> int:
+def _tap(chain: list[dict], i: int) -> int:
     """A conv's post-ReLU output: the conv itself if it has an activation, else the last
     activation layer in the pixel-wise run right after it (conv → BN → ReLU)."""
-    if activation_name(chain[i]) not in ("", "linear", "None"):
+    if chain[i]["activation"] not in ("", "linear", "None"):
         return i
     tap, k = i, i + 1
-    while k < len(chain) and type(chain[k]).__name__ in ELEMENTWISE:
-        if type(chain[k]).__name__ in ACTIVATION_LAYERS:
+    while k < len(chain) and chain[k]["type"] in ELEMENTWISE:
+        if chain[k]["type"] in ACTIVATION_LAYERS:
             tap = k
         k += 1
     return tap
 
 
-def vbp_plan(model: Any, head: SteeringHead | None = None) -> VBPPlan:
-    """The VisualBackProp plan of a model: which conv outputs to average, how to scale up."""
-    head = head or steering_head(model)
-    chain = spatial_chain(model, head)
-    convs = [i for i, lay in enumerate(chain) if type(lay).__name__ in VBP_CONV_TYPES]
-    if not convs:
-        raise CarvisError(f"model {model.name!r} has no conv layer on the path to its steering "
-                          "output; vbp needs conv layers")
-    taps = [_tap(chain, i) for i in convs]
+def vbp_chain(model: Any, head: SteeringHead | None = None) -> dict:
+    """VisualBackProp's path of a Keras model as records (what a .tflite's metadata keeps)."""
     input_hw = spatial(model.inputs[0].shape)
     if input_hw is None:
         raise CarvisError(f"model {model.name!r} input {tuple(model.inputs[0].shape)} is not "
                           "(H, W, C) with a fixed size")
+    chain = spatial_chain(model, head or steering_head(model))
+    return {"input_hw": list(input_hw), "chain": [layer_record(lay) for lay in chain]}
+
+
+def plan_from_chain(path: dict, what: str = "the model") -> VBPPlan:
+    """The VisualBackProp plan from a path of layer records (a Keras model's, or a .tflite's
+    from its metadata or its ops)."""
+    if "chain" not in path:
+        raise CarvisError(f"{what}: {path.get('error', 'no vbp path')}")
+    chain = path["chain"]
+    convs = [i for i, rec in enumerate(chain) if rec["type"] in VBP_CONV_TYPES]
+    if not convs:
+        raise CarvisError(f"{what} has no conv layer on the path to its steering output; vbp "
+                          "needs conv layers")
+    taps = [_tap(chain, i) for i in convs]
+    input_hw = tuple(path["input_hw"])
     steps: list[tuple[tuple[AxisOp, AxisOp], ...]] = []
     start = 0
     prev_hw = input_hw
     for tap in taps:
         segment = []
-        for lay in chain[start: tap + 1]:
-            out_hw = spatial(lay.output.shape)
-            geometry = layer_geometry(lay, prev_hw, out_hw)
+        for rec in chain[start: tap + 1]:
+            out_hw = tuple(rec["out_hw"])
+            geometry = record_geometry(rec, prev_hw, out_hw)
             if geometry is not None:
                 segment.append(geometry)
             prev_hw = out_hw
         steps.append(tuple(segment))
         start = tap + 1
-    return VBPPlan(input_hw=input_hw, taps=tuple(chain[t].name for t in taps),
-                   tap_hw=tuple(spatial(chain[t].output.shape) for t in taps),
-                   steps=tuple(steps))
+    return VBPPlan(input_hw=input_hw, taps=tuple(chain[t]["name"] for t in taps),
+                   tap_hw=tuple(tuple(chain[t]["out_hw"]) for t in taps), steps=tuple(steps))
+
+
+def vbp_plan(model: Any, head: SteeringHead | None = None) -> VBPPlan:
+    """The VisualBackProp plan of a model (Keras, or a .tflite's facts): which conv outputs
+    to average, how to scale up."""
+    if isinstance(model, ModelFacts):
+        return plan_from_chain(model.vbp or {"error": "has no vbp path in its metadata; "
+                                             "export one with carvis export MODEL --with vbp"},
+                               model.name)
+    return plan_from_chain(vbp_chain(model, head), f"model {model.name!r}")
 
 
 class VisualBackProp(Explainer):

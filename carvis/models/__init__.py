@@ -10,6 +10,8 @@ from carvis.models.files import is_tflite
 from carvis.models.layers import (
     LayerInfo,
     format_layer_table,
+    format_rows,
+    layer_info,
     layer_table,
     resolve_layer,
     truncated_model,
@@ -21,7 +23,9 @@ __all__ = [
     "LayerInfo",
     "format_layer_table",
     "format_layer_table_from_file",
+    "format_rows",
     "is_tflite",
+    "layer_info",
     "layer_table",
     "layer_table_from_file",
     "load_model",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +75,9 @@ def format_layer_table(model: keras.Model) -> str:
     return format_rows(layer_table(model))
 
 
-def format_rows(table: Sequence[LayerInfo]) -> str:
-    """A layer table as aligned text, one line per layer under a header line."""
+def format_rows(table: Sequence[LayerInfo], notes: Mapping[str, str] | None = None) -> str:
+    """A layer table as aligned text, one line per layer under a header line (a note after
+    the shape for the layers named in notes)."""
     rows = [("#", "conv", "name", "type", "output shape")]
     n_conv = 0
     for info in table:
@@ -85,11 +86,13 @@ def format_rows(table: Sequence[LayerInfo]) -> str:
             n_conv += 1
             pick = f"conv:{n_conv}"
         rows.append((str(info.index), pick, info.name, info.type, shape_text(info.output_shape)))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
     for row in rows:
         cells = [row[0].rjust(widths[0])] + [row[i].ljust(widths[i]) for i in (1, 2, 3)]
-        lines.append("  ".join(cells + [row[4]]).rstrip())
+        note = (notes or {}).get(row[2], "")
+        last = [row[4].ljust(widths[4]), note] if notes else [row[4]]
+        lines.append("  ".join(cells + last).rstrip())
     return "\n".join(lines)
 
 
