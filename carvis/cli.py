@@ -58,11 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render a video, folder or synthetic clip with the overlay",
                        description="Every input frame becomes one output frame, in order.")
-    r.add_argument("source", help="video file, folder of images, or synthetic[:seed=S,frames=N]")
+    r.add_argument("source", help="video file, folder of images, DonkeyCar tub, or "
+                   "synthetic[:seed=S,frames=N]")
     r.add_argument("-o", "--output", required=True,
                    help="OUT.avi (MJPG at the source's fps) or a folder for numbered PNGs")
     r.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
+    r.add_argument("--start", help="first frame: an index (120) or a time (12.5s, 1:05)")
+    r.add_argument("--end", help="stop before this frame: an index or a time (12.5s)")
+    r.add_argument("--plot", action="store_true", help="a strip chart of the recorded and "
+                   "predicted angle below the frame (turns the HUD on)")
+    r.add_argument("--plot-seconds", type=float, default=5.0, metavar="S",
+                   help="how many seconds the strip chart shows (default 5)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_model_args(r)
 
@@ -75,10 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "picamera on a Raspberry Pi, else camera 0)")
     ru.add_argument("--loop", action="store_true", help="repeat a file source forever")
     ru.add_argument("--display", action="store_true", help="show an OpenCV window")
-    ru.add_argument("--record", metavar="OUT.avi", help="record the overlay to an MJPG .avi")
+    ru.add_argument("--record", metavar="OUT.mkv", help="record the overlay at wall-clock "
+                    "speed: .mkv or .mp4 (H.264, playable after a power cut) or .avi (MJPG)")
     ru.add_argument("--serve", metavar="[HOST:]PORT", help="MJPEG stream + control page "
                     "(host defaults to 127.0.0.1; give 0.0.0.0:PORT to serve the car's Wi-Fi)")
-    ru.add_argument("--token", help="secret needed to change settings over HTTP")
+    ru.add_argument("--token", help="secret for the page, the stream and every change (off "
+                    "loopback one is made up unless given)")
+    ru.add_argument("--no-token", action="store_true", help="serve off loopback without a "
+                    "token (anyone on the network may watch and change settings)")
     ru.add_argument("--quality", type=int, default=80, help="JPEG quality of the stream "
                     "(default 80)")
     cam = ru.add_argument_group("camera (override the profile's camera: section)")
@@ -95,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="All channels of a layer for one frame, tiled with labels, "
                          "and the first conv layer's filters as images below.")
     ins.add_argument("model", help="model file (.h5, .keras, or a .tflite: its one layer)")
-    ins.add_argument("frame", help="an image file (JPEG, PNG) from the car's camera")
+    ins.add_argument("frame", help="an image file (JPEG, PNG) from the car's camera, or a "
+                     "video, tub or folder with --frame N")
+    ins.add_argument("--frame", dest="position", metavar="N", help="which frame of a video, "
+                     "tub or folder: an index (120) or a time (12.5s)")
     ins.add_argument("-o", "--output", required=True, help="OUT.png (or .jpg)")
     ins.add_argument("--profile", "-p", help="YAML profile for the preprocessing and the layer "
                      "(default: a generic one)")
@@ -112,24 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
                     default="error")
 
     ex = sub.add_parser("export", help="write what the car needs as one .tflite (LiteRT)",
-                        description="The .tflite holds the model from its input to the layers "
-                        "(all their channels) and, if asked, what the HUD, vbp and cam need; "
-                        "carvis runs it on LiteRT without TensorFlow. Gradient modes cannot be "
-                        "exported (TFLite's built-in ops have no ReLU/pool gradients).")
+                        description="Layers, and what the HUD, vbp and cam need, in one .tflite "
+                        "that carvis runs on LiteRT without TensorFlow (gradient modes: no).")
     ex.add_argument("model", help="model file (.h5 from Keras 1/2/3, .keras)")
     ex.add_argument("-o", "--output", required=True, help="OUT.tflite")
     ex.add_argument("--profile", "-p", help="take the layer from this YAML profile")
     ex.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N (wins over the "
                     "profile's)")
-    ex.add_argument("--layers", help="several layers, comma-separated (conv:1,conv:2,pool_2): "
-                    "the l key and the page's layer control switch between them")
+    ex.add_argument("--layers", help="more layers, comma-separated: conv:1,conv:2,pool_2")
     ex.add_argument("--all-conv", action="store_true", help="every spatial conv layer")
-    ex.add_argument("--hud", action="store_true", help="the steering output, for the HUD")
-    ex.add_argument("--vbp", action="store_true", help="VisualBackProp's layers and path")
-    ex.add_argument("--cam", action="store_true", help="CAM's map and Dense weights (a "
-                    "GlobalAveragePooling2D -> Dense head)")
-    ex.add_argument("--car", action="store_true", help="all of it: every conv layer, the HUD, "
-                    "vbp, and cam when the head allows")
+    ex.add_argument("--with", dest="modes", metavar="hud,vbp,cam", help="what these need: the "
+                    "steering output, VisualBackProp's path, CAM's Dense weights")
+    ex.add_argument("--car", action="store_true", help="every conv layer, hud, vbp, and cam "
+                    "if the head allows")
     ex.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
                     default="error")
 
@@ -147,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tensorflow", action="store_true",
                     help="also time carvis on the TensorFlow backend in each round")
     _add_model_args(be)
+
+    rv = sub.add_parser("review", help="a page to scrub a video, folder or tub: overlays, a "
+                        "timeline, two models side by side", description="Maps are computed "
+                        "once per source and model (a progress bar), kept, and re-drawn.")
+    rv.add_argument("source", help="video file, folder of images, DonkeyCar tub or synthetic")
+    rv.add_argument("--model", "-m", action="append", required=True,
+                    help="model file; give it twice for two models side by side")
+    rv.add_argument("--profile", "-p", action="append", help="YAML profile: one for all "
+                    "models or one per --model (default: a generic one)")
+    rv.add_argument("--serve", metavar="[HOST:]PORT", default="8090",
+                    help="where the page is (default 127.0.0.1:8090)")
+    rv.add_argument("--token", help="secret needed to change settings off loopback")
+    rv.add_argument("--backend", choices=("auto", "tensorflow", "litert"), default="auto")
+    rv.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
     return parser
 
 
@@ -194,12 +217,16 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
     source = sources.open_source(args.source, fps=args.fps)
     with source:
+        start = sources.frame_position(args.start, source.fps, "--start") or 0
+        end = sources.frame_position(args.end, source.fps, "--end")
+        frames = sources.select_frames(source, start, end)
         sink = open_file_sink(args.output, source.fps)
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
-        renderer = pipeline.Renderer(session, profile)
+        renderer = _steering_renderer(args, session, profile, source)
         total = source.frame_count
-        frames = iter(source)
+        if total is not None:
+            total = max(0, min(total, end if end is not None else total) - start)
         if args.max_frames is not None:
             import itertools
 
@@ -226,7 +253,28 @@ def cmd_render(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if not args.quiet:
             print(f"carvis: {written} frames written to {args.output}", file=sys.stderr)
+        if renderer.log.rows:
+            print(f"carvis: {renderer.log.summary()}", file=sys.stderr)
     return 0
+
+
+def _steering_renderer(args: argparse.Namespace, session: object, profile: object,
+                       source: object) -> object:
+    """The Renderer; on a tub (or with --plot) its HUD shows the recorded steering beside the
+    model's unless --no-hud, and --plot charts both."""
+    from carvis import hud, pipeline
+
+    if args.plot and args.hud is False:
+        raise CarvisError("--plot charts the HUD's steering; drop --no-hud")
+    chart = hud.StripChart(args.plot_seconds, source.fps) if args.plot else None
+    tub = args.hud is None and bool(args.plot or getattr(source, "records", None))
+    try:
+        return pipeline.Renderer(session, profile.replace(hud=True) if tub else profile, chart=chart)
+    except CarvisError as exc:  # a tub, and a model without a steering output for the HUD
+        if not tub or args.plot:
+            raise
+        print(f"carvis: note: no steering HUD ({exc})", file=sys.stderr)
+        return pipeline.Renderer(session, profile, chart=chart)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,15 +282,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from carvis import live, pipeline, sources
+    from carvis.live.console import native_notes
+    from carvis.live.recording import check_record_path
     from carvis.session import ModelSession
-    from carvis.sinks.files import check_writable_dir
     from carvis.sinks.mjpeg import parse_address
 
     profile, model_path = resolve_profile(args)
     # Everything that can be wrong with the flags fails here, before the slow model load.
     address = parse_address(args.serve) if args.serve else None
-    if args.token and address is None:
-        raise CarvisError("--token protects the settings of --serve; add --serve [HOST:]PORT")
+    if (args.token or args.no_token) and address is None:
+        raise CarvisError("--token/--no-token are for --serve; add --serve [HOST:]PORT")
+    if args.token and args.no_token:
+        raise CarvisError("--token and --no-token contradict each other; give one")
+    token = _run_token(address, args.token, args.no_token)
     if not 1 <= args.quality <= 100:
         raise CarvisError(f"--quality {args.quality} is not valid; allowed range 1..100")
     if args.display:
@@ -250,17 +302,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_screen()
     if args.record:
-        if not args.record.lower().endswith(".avi"):
-            raise CarvisError(f"--record {args.record!r}: give a file name ending in .avi")
-        check_writable_dir(Path(args.record).resolve().parent, "--record")
+        check_record_path(args.record)  # before the camera opens
     if not (args.display or args.record or address):
-        raise CarvisError("nowhere to send frames; add --display, --record OUT.avi and/or "
+        raise CarvisError("nowhere to send frames; add --display, --record OUT.mkv and/or "
                           "--serve [HOST:]PORT")
     camera = {"size": _run_size(args.size), "fps": args.fps, "hflip": args.hflip,
               "vflip": args.vflip, "rotate": args.rotate}
     options = live.LiveOptions(display=args.display, record=args.record, serve=address,
-                               token=args.token, jpeg_quality=args.quality)
-    with sources.open_live_source(args.source, profile, loop=args.loop, **camera) as source:
+                               token=token, jpeg_quality=args.quality)
+    with native_notes(), \
+            sources.open_live_source(args.source, profile, loop=args.loop, **camera) as source:
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
         runner = live.LiveRunner(source, pipeline.Renderer(session, profile), options)
@@ -277,7 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                                     signal.SIGTERM)}
         where = [f"{source.name} ({'live' if source.live else f'{source.fps:g} fps'})"]
         if runner.server is not None:
-            where.append(f"page {runner.server.url}")
+            where.append(f"page {' or '.join(runner.server.urls())}")
         if args.display:
             where.append("window")
         print(f"carvis: running {' -> '.join(where[:1])} -> {', '.join(where[1:]) or 'record'}"
@@ -288,7 +339,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         print(f"carvis: stopped: {runner.summary()}", file=sys.stderr, flush=True)
-    return 0
+        for line in runner.recorder.failures:  # the run went on; the exit status says it
+            print(f"carvis: error: {line}", file=sys.stderr, flush=True)
+    return 1 if runner.recorder.failures else 0
+
+
+def _run_token(address: tuple[str, int] | None, token: str | None, no_token: bool
+               ) -> str | None:
+    """The token for --serve: given, or made up off loopback unless refused (warned)."""
+    from carvis.sinks.mjpeg import choose_token
+
+    token, warning = choose_token(address, token, no_token)
+    if warning:
+        print(f"carvis: warning: {warning}", file=sys.stderr)
+    return token
 
 
 def _run_size(text: str | None) -> tuple[int, int] | None:
@@ -318,23 +382,12 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from carvis import layerspec
     from carvis import profile as prof
-    from carvis.explain.export import export
+    from carvis.explain.export import export_flags
 
-    specs = [args.layer] if args.layer else []
-    specs += [x for x in (args.layers or "").split(",") if x.strip()]
-    if not specs and args.profile:
-        specs = [prof.load(args.profile).layer]
-    modes = args.hud or args.vbp or args.cam or args.car or args.all_conv
-    if not specs and not modes:
-        raise CarvisError("carvis export needs what to export: --layer L, --layers A,B, "
-                          "--all-conv, --hud, --vbp, --cam or --car (or --profile P naming a "
-                          "layer)")
-    meta, diff = export(args.model, args.output, layers=[layerspec.parse(x) for x in specs],
-                        all_conv=args.all_conv or args.car, hud=args.hud or args.car,
-                        vbp=args.vbp or args.car, cam=None if args.car else args.cam,
-                        lambda_policy=args.lambda_policy)
+    layer = args.layer or (prof.load(args.profile).layer if args.profile else None)
+    meta, diff = export_flags(args.model, args.output, layer, args.layers, args.modes,
+                              args.all_conv, args.car, args.lambda_policy)
     check = f"; max |LiteRT - TensorFlow| = {diff:.1e} on a test input" if diff is not None else ""
     print(f"carvis: wrote {args.output}: {meta.describe()}{check}", file=sys.stderr)
     return 0
@@ -364,7 +417,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     p = prof.load(args.profile) if args.profile else prof.generic()
     p = p.replace(layer=args.layer, colormap=args.colormap)
-    frame = inspection.read_frame(args.frame)
+    frame = inspection.load_frame(args.frame, args.position)
     session = ModelSession(args.model, backend=args.backend, lambda_policy=args.lambda_policy)
     image = inspection.inspect_frame(session, frame, p)
     inspection.write_png(args.output, image)
@@ -373,6 +426,51 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 COMMANDS["inspect"] = cmd_inspect
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """`carvis review`: the maps once (a progress bar per model), then the page until Ctrl-C."""
+    import threading
+
+    from tqdm import tqdm
+
+    from carvis import profile as prof
+    from carvis.review.app import Review
+    from carvis.review.server import ReviewServer
+    from carvis.sinks.mjpeg import parse_address
+
+    address = parse_address(args.serve)
+    token = _run_token(address, args.token, False)
+    profiles = [prof.load(p) for p in args.profile or []] or [prof.generic()]
+    if len(profiles) not in (1, len(args.model)):
+        raise CarvisError(f"give one --profile for all models or one per --model "
+                          f"({len(args.model)}), not {len(profiles)}")
+    bars: list = []
+
+    def progress(what: str, total: int | None):
+        bars.append(tqdm(total=total, unit="frame", desc=what, dynamic_ncols=True))
+        return bars[-1].update
+
+    try:
+        review = Review(args.source, list(zip(args.model, profiles * len(args.model))),
+                        backend=args.backend, fps=args.fps, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    server = ReviewServer(review, *address, token=token).start()
+    print(f"carvis: review of {review.name} ({len(review)} frames, {review.model_calls} "
+          f"computed now) at {server.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("carvis: review stopped", file=sys.stderr)
+    finally:
+        server.close()
+        review.close()
+    return 0
+
+
+COMMANDS["review"] = cmd_review
 
 
 def main(argv: list[str] | None = None) -> int:

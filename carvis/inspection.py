@@ -1,5 +1,6 @@
 """One frame → one picture of a layer: all its channels as a labelled grid, and the first
-conv layer's filters as images below (`carvis inspect MODEL FRAME -o grid.png`)."""
+conv layer's filters as images below (`carvis inspect MODEL FRAME -o grid.png`; the frame an
+image file, or a frame of a video, tub or folder: `carvis inspect MODEL TUB --frame 120`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvis import views
+from carvis import sources, views
 from carvis.errors import CarvisError
 from carvis.preprocess import Preprocessor
 from carvis.profile import Profile
@@ -24,6 +25,21 @@ def read_frame(path: str | Path) -> np.ndarray:
     if frame is None:
         raise CarvisError(f"{path}: OpenCV cannot read this image; give a JPEG or PNG")
     return frame
+
+
+def load_frame(spec: str | Path, position: str | int | None = None) -> np.ndarray:
+    """An image file, or frame `position` (an index or '12.5s') of a video, tub or folder."""
+    path = Path(spec)
+    is_image = path.is_file() and path.suffix.lower() in sources.IMAGE_SUFFIXES
+    if position is None:
+        if not is_image and (path.is_dir() or path.is_file() or str(spec).startswith("synthetic")):
+            raise CarvisError(f"{spec}: a video, tub or folder holds many frames; say which "
+                              "with --frame N (an index) or --frame 12.5s (a time)")
+        return read_frame(path)
+    if is_image:
+        raise CarvisError(f"--frame {position}: {spec} is one image; drop --frame, or give "
+                          "the video, tub or folder it came from")
+    return sources.frame_at(str(spec), position).image
 
 
 def stack(images: list[np.ndarray], gap: int = 6) -> np.ndarray:

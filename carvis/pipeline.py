@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from carvis import explain, views
+from carvis import explain, hud, pilot, views
 from carvis import overlay as ov
 from carvis.errors import CarvisError
 from carvis.frame import Frame
@@ -39,7 +39,20 @@ class StageTimes:
             del ring[: len(ring) - self.size]
 
     def median_ms(self) -> dict[str, float]:
-        return {k: float(np.median(v)) * 1e3 for k, v in self.samples.items() if v}
+        # A copy of the items: live, the model thread and the output loop add to it.
+        return {k: float(np.median(v)) * 1e3 for k, v in list(self.samples.items()) if v}
+
+
+@dataclasses.dataclass
+class MapResult:
+    """One frame's map, ready to lay on that frame or a later one (its own arrays)."""
+
+    norm: np.ndarray  # the 2-D map, normalised to 0..255 (float32)
+    act: np.ndarray | None  # the layer's activation, kept for the grid view
+    prediction: np.ndarray | None  # the model's output, for the steering HUD
+    softmax: bool  # whether the prediction is a softmax
+    layer: str
+    steering: pilot.Steering | None = None  # the prediction as angle (and throttle)
 
 
 class Renderer:
@@ -49,7 +62,8 @@ class Renderer:
     what a change needs beforehand, outside the loop; :meth:`settings` says what is in force.
     """
 
-    def __init__(self, session: ModelSession, profile: Profile) -> None:
+    def __init__(self, session: ModelSession, profile: Profile,
+                 chart: hud.StripChart | None = None) -> None:
         self.session = session
         self.profile = profile
         self.overlay = ov.Overlay(profile.threshold, profile.colormap)
@@ -59,7 +73,9 @@ class Renderer:
         self.enabled = True
         self.prediction: np.ndarray | None = None
         self.explanation: explain.Explanation | None = None
-        self._raw = np.empty((0, 0, 3), np.uint8)
+        self.steering: pilot.Steering | None = None  # the model's angle/throttle, last frame
+        self.steering_hud, self.chart = hud.SteeringHud(), chart
+        self.log = pilot.SteeringLog()  # recorded vs predicted angle, frame by frame
         self.view, self.hud, self.compare = profile.view, profile.hud, profile.compare
         self.smoothgrad = profile.smoothgrad
         self.mode, self.target, self.channel = profile.mode, profile.target, profile.channel
@@ -175,15 +191,59 @@ class Renderer:
                                       smooth)
 
     # -- per frame ------------------------------------------------------------------------------
-    def _map(self, roi: np.ndarray, image: np.ndarray, batch: np.ndarray
-             ) -> tuple[np.ndarray | None, np.ndarray]:
-        """(the layer's activation, or None, and the 2-D float map) of a frame; keeps a copy of
-        the output region first when compare is on (the overlay then draws over it)."""
-        if self.compare:
-            src = roi if self.profile.output == "roi" else image
-            if self._raw.shape != src.shape:
-                self._raw = np.empty_like(src)
-            np.copyto(self._raw, src)
+    def compute(self, image: np.ndarray) -> MapResult:
+        """The map of a frame (preprocess → model → normalise); the frame is only read."""
+        t0 = time.perf_counter()
+        batch = self.preprocess(self.preprocess.roi(image))
+        t1 = time.perf_counter()
+        act, amap = self._map(batch)
+        if act is None and self.view == "grid":
+            act = self.backend(batch)
+        norm = self.normalizer(amap)
+        t2 = time.perf_counter()
+        self.times.add("preprocess", t1 - t0)
+        self.times.add("model", t2 - t1)
+        # Copies: the normaliser and the backends reuse their buffers, and a live map is laid
+        # on later frames while the next one is computed.
+        softmax = self.explainer is not None and self.explainer.head.softmax
+        self.steering = None if self.prediction is None else pilot.read_explanation(
+            self.explanation, self.explainer.head, getattr(self.explainer, "other_outputs", ()))
+        return MapResult(norm.copy(), None if act is None else act.copy(),
+                         None if self.prediction is None else np.array(self.prediction),
+                         softmax, self.backend.layer_name, self.steering)
+
+    def compose(self, image: np.ndarray, result: MapResult | None,
+                record: dict[str, Any] | None = None) -> np.ndarray:
+        """Lay a map on a frame in place (its ROI); the ROI or the frame (a view), with the
+        views; None (no map yet) leaves the pixels as they are."""
+        # The frame is drawn on and the result is a view of it (a new array when the profile
+        # sets output_size): the caller hands the frame over and must not reuse its buffer
+        # while the result is in use.
+        t0 = time.perf_counter()
+        roi = self.preprocess.roi(image)
+        out = roi if self.profile.output == "roi" else image
+        raw = out.copy() if self.compare else None
+        if result is not None and self.enabled and self.view == "overlay":
+            self.overlay.draw(roi, result.norm)
+        self.times.add("overlay", time.perf_counter() - t0)
+        out = self._finish(out, raw, result, pilot.recorded(record))
+        if self.profile.output_size is not None:
+            out = cv2.resize(out, self.profile.output_size, interpolation=cv2.INTER_AREA)
+        return out
+
+    def process(self, image: np.ndarray, record: dict[str, Any] | None = None) -> np.ndarray:
+        """One frame offline: its own map, laid on it (compute, then compose); a tub record's
+        steering goes on the HUD beside the model's."""
+        return self.compose(image, self.compute(image), record)
+
+    def process_frame(self, frame: Frame) -> np.ndarray:
+        """process() for a source's frame, its recorded and predicted angle logged."""
+        out = self.process(frame.image, frame.record)
+        self.log.add(frame.index, frame.record, self.steering)
+        return out
+
+    def _map(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(the layer's activation, or None, and the 2-D float map) of a batch."""
         if self.explainer is None:
             act = self.backend(batch)
             self.prediction = None
@@ -195,21 +255,23 @@ class Renderer:
             return act, ov.select_channel(act, self.channel)
         return None, result.map
 
-    def _finish(self, out: np.ndarray, batch: np.ndarray, act: np.ndarray | None
-                ) -> np.ndarray:
+    def _finish(self, out: np.ndarray, raw: np.ndarray | None, result: MapResult | None,
+                recorded: pilot.Steering | None = None) -> np.ndarray:
         """The view on the overlaid output: feature grid, steering HUD, side by side."""
         t0 = time.perf_counter()
-        if self.view == "grid":
-            act = self.backend(batch) if act is None else act
-            shape = ", ".join(str(d) for d in act.shape)
-            out = views.feature_grid(act, self.overlay.colormap,
-                                     title=f"{self.backend.layer_name} ({shape})")
-        elif self.hud and self.prediction is not None:
-            views.draw_hud(out, self.prediction, self.explainer.head.softmax)
-        if self.compare:
-            label = "grid" if self.view == "grid" else self.mode
-            out = views.side_by_side(self._raw, out, labels=("frame", label))
-        if self.view == "grid" or self.hud or self.compare:
+        grid = self.view == "grid" and result is not None and result.act is not None
+        if grid:
+            shape = ", ".join(str(d) for d in result.act.shape)
+            out = views.feature_grid(result.act, self.overlay.colormap,
+                                     title=f"{result.layer} ({shape})")
+        elif self.hud and result is not None and result.steering is not None:
+            self.steering_hud(out, result.steering, recorded)
+        if raw is not None:
+            out = views.side_by_side(raw, out, labels=("frame", "grid" if grid else self.mode))
+        if self.chart is not None and result is not None and result.steering is not None:
+            out = self.chart(out, None if recorded is None else recorded.angle,
+                             result.steering.angle)
+        if grid or self.hud or raw is not None:
             self.times.add("views", time.perf_counter() - t0)
         return out
 
@@ -217,29 +279,6 @@ class Renderer:
         """The raw float activation map (h, w) of the chosen layer and channel."""
         batch = self.preprocess(self.preprocess.roi(image))
         return ov.select_channel(self.backend(batch), self.channel)
-
-    def process(self, image: np.ndarray) -> np.ndarray:
-        """Overlay in place on the frame's ROI; returns the ROI or the whole frame (a view)."""
-        # The frame is drawn on and the result is a view of it (a new array when the profile
-        # sets output_size): the caller hands the frame over and must not reuse its buffer
-        # while the result is in use.
-        t0 = time.perf_counter()
-        roi = self.preprocess.roi(image)
-        batch = self.preprocess(roi)
-        t1 = time.perf_counter()
-        act, amap = self._map(roi, image, batch)
-        t2 = time.perf_counter()
-        if self.enabled and self.view == "overlay":
-            self.overlay.draw(roi, self.normalizer(amap))
-        t3 = time.perf_counter()
-        self.times.add("preprocess", t1 - t0)
-        self.times.add("model", t2 - t1)
-        self.times.add("overlay", t3 - t2)
-        out = roi if self.profile.output == "roi" else image
-        out = self._finish(out, batch, act)
-        if self.profile.output_size is not None:
-            out = cv2.resize(out, self.profile.output_size, interpolation=cv2.INTER_AREA)
-        return out
 
 
 _END = object()
@@ -375,7 +414,9 @@ def render(frames: Iterable[Frame], renderer: Renderer, sink: Sink,
                 raise item.exc
             if writer.error is not None:
                 raise writer.error
-            out = renderer.process(item.image)
+            # A tub's frame takes its record to the HUD and the steering log.
+            out = renderer.process(item.image) if item.record is None else \
+                renderer.process_frame(item)
             t0 = time.perf_counter()
             writer.queue.put(out)
             times.add("wait_write", time.perf_counter() - t0)

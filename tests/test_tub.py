@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import types
 from pathlib import Path
 
@@ -227,3 +228,150 @@ def test_loop_replays_the_tub_for_live_mode(tmp_path, clock):
     frames = [src.read() for _ in range(10)]
     assert [f.index for f in frames] == list(range(10))
     assert [f.record["_index"] for f in frames] == [0, 1, 2, 3] * 2 + [0, 1]
+
+
+# -- rendering a tub: recorded vs predicted, --start/--end, inspect --frame ---------------------
+
+def write_track_session(path: Path, count: int, size: tuple[int, int] = SIZE,
+                        delete: tuple[int, ...] = ()) -> None:
+    """A tub of the synthetic track (RGB, as the car records), its steering as user/angle."""
+    from carvis.synthetic import SyntheticTrack
+
+    track = SyntheticTrack(width=size[0], height=size[1], fps=20, seed=8)
+    tub = tub_v2.Tub(str(path), inputs=INPUTS, types=TYPES)
+    for n in range(count):
+        tub.write_record({"cam/image_array": cv2.cvtColor(track.frame(n * 6), cv2.COLOR_BGR2RGB),
+                          "user/angle": round(track.steering(n * 6), 3),
+                          "user/throttle": round(0.3 + n / 50, 3), "user/mode": "user"})
+    if delete:
+        tub.delete_records(list(delete))
+    tub.close()
+
+
+def hand_predictions(frames: list) -> list[float]:
+    """The default model's angle per frame, computed apart from carvis' pipeline: the
+    profile's preprocessing, Keras, and the argmax bin over evenly spread angles."""
+    import keras
+
+    from carvis import profile as prof
+    from carvis.preprocess import Preprocessor
+
+    p = prof.load(prof.DEFAULT_PROFILE)
+    model = keras.models.load_model(p.model, compile=False)
+    h, w, c = model.inputs[0].shape[1:]
+    pre = Preprocessor(p, (w, h), c)
+    angles = []
+    for frame in frames:
+        bins = np.asarray(model(pre(pre.roi(frame.image)), training=False))[0]
+        angles.append(-1 + 2 * int(np.argmax(bins)) / (bins.size - 1))
+    return angles
+
+
+def render_cli(capsys, *argv: str) -> str:
+    from carvis import cli
+
+    assert cli.main(["render", *argv]) == 0
+    return capsys.readouterr().err
+
+
+def test_render_summary_is_the_hand_computed_difference(tmp_path, clock, capsys):
+    tub = tmp_path / "tub"
+    write_track_session(tub, 14, delete=(4,))
+    frames = list(TubSource(tub))
+    predicted = hand_predictions(frames)
+    recorded = [f.record["user/angle"] for f in frames]
+    errors = [abs(r - p) for r, p in zip(recorded, predicted, strict=True)]
+    worst = sorted(range(len(errors)), key=lambda k: (-errors[k], k))[:5]
+    err = render_cli(capsys, str(tub), "-o", str(tmp_path / "out"))
+    line = next(x for x in err.splitlines() if "recorded vs predicted" in x)
+    assert f"over {len(frames)} frames" in line
+    assert f"mean |difference| {np.mean(errors):.3f};" in line
+    shown = [int(x) for x in re.findall(r"(\d+) \([+-]", line)]
+    assert shown == worst
+    assert f"{worst[0]} ({recorded[worst[0]]:+.2f} vs {predicted[worst[0]]:+.2f})" in line
+    assert len(list((tmp_path / "out").glob("*.png"))) == len(frames) == 13
+
+
+def test_start_and_end_by_frame_and_by_time(tmp_path, clock, capsys):
+    tub = tmp_path / "tub"
+    write_track_session(tub, 12)
+    err = render_cli(capsys, str(tub), "-o", str(tmp_path / "a"), "--start", "2", "--end", "7")
+    assert "5 frames written" in err and "over 5 frames" in err
+    # 20 fps from the timestamps: 0.15 s is frame 3, 0:00.5 is frame 10
+    err = render_cli(capsys, str(tub), "-o", str(tmp_path / "b"), "--start", "0.15s",
+                     "--end", "0:00.5")
+    assert "7 frames written" in err
+    first = cv2.imread(str(tmp_path / "b" / "000000.png"))
+    same = cv2.imread(str(tmp_path / "a" / "000001.png"))
+    np.testing.assert_array_equal(first, same)  # frame 3 both times
+
+
+def test_frame_positions_are_one_parser_for_every_source():
+    from carvis.sources import frame_position, select_frames
+
+    assert frame_position("120", 20.0) == 120
+    assert frame_position("12.5s", 20.0) == 250
+    assert frame_position("1:05", 30.0) == 1950
+    assert frame_position(None, 20.0) is None
+    for bad in ("12.5", "-3", "ten", "1:xx"):
+        with pytest.raises(CarvisError, match=r"--end .* is not a frame number or a time"):
+            frame_position(bad, 20.0, "--end")
+    with pytest.raises(CarvisError, match="must come after --start"):
+        select_frames([], 5, 5)
+    assert [f for f in select_frames(iter(range(10)), 3, 6)] == [3, 4, 5]
+
+
+def test_hud_shows_the_records_steering_beside_the_models(tmp_path, clock):
+    from fakes import session_and_profile
+
+    from carvis import hud, pipeline
+    from carvis.pilot import Steering
+
+    write_track_session(tmp_path / "tub", 3)
+    session, profile = session_and_profile(tmp_path)
+    renderer = pipeline.Renderer(session, profile.replace(hud=True))
+    frame = list(TubSource(tmp_path / "tub"))[2]
+    out = renderer.process_frame(frame)
+    rec = Steering(frame.record["user/angle"], frame.record["user/throttle"])
+    rows = [(hud.label("recorded", rec), hud.RECORDED),
+            (hud.label("predicted", renderer.steering), hud.PREDICTED)]
+    assert rows[0][0] == f"recorded {rec.angle:+.2f} thr {rec.throttle:.2f}"
+    expected = np.zeros_like(out)
+    hud.legend(expected, rows, hud.line_layout(out.shape).scale)
+    ys, xs = np.nonzero(expected.any(axis=-1))
+    box = (slice(0, ys.max() + 1), slice(0, xs.max() + 1))
+    np.testing.assert_array_equal(out[box], expected[box])
+    assert [(r.frame, r.recorded) for r in renderer.log.rows] == [(2, rec.angle)]
+
+
+def test_plot_adds_the_strip_chart_below_the_frame(tmp_path, clock, capsys):
+    from carvis.hud import StripChart
+
+    write_track_session(tmp_path / "tub", 4)
+    render_cli(capsys, str(tmp_path / "tub"), "-o", str(tmp_path / "out"), "--plot")
+    image = cv2.imread(str(tmp_path / "out" / "000003.png"))
+    chart = StripChart().layout((SIZE[1], SIZE[0], 3))
+    assert image.shape == (SIZE[1] + chart.height, SIZE[0], 3)
+
+
+def test_inspect_takes_a_tub_and_a_frame_number(tmp_path, clock, capsys):
+    from carvis import cli
+
+    tub = tmp_path / "tub"
+    write_track_session(tub, 6)
+    image = tub / "images" / "3_cam_image_array_.jpg"
+    outs = [tmp_path / f"{name}.png" for name in ("index", "time", "image")]
+    assert cli.main(["inspect", "models/default.keras", str(tub), "--frame", "3", "-o",
+                     str(outs[0])]) == 0
+    assert cli.main(["inspect", "models/default.keras", str(tub), "--frame", "0.15s", "-o",
+                     str(outs[1])]) == 0
+    assert cli.main(["inspect", "models/default.keras", str(image), "-o", str(outs[2])]) == 0
+    pictures = [cv2.imread(str(p)) for p in outs]
+    np.testing.assert_array_equal(pictures[0], pictures[2])
+    np.testing.assert_array_equal(pictures[1], pictures[2])
+    capsys.readouterr()
+    assert cli.main(["inspect", "models/default.keras", str(tub), "-o", str(outs[0])]) != 0
+    assert "say which with --frame N" in capsys.readouterr().err
+    assert cli.main(["inspect", "models/default.keras", str(tub), "--frame", "6", "-o",
+                     str(outs[0])]) != 0
+    assert "has 6 frames; give --frame 0..5" in capsys.readouterr().err

@@ -3,14 +3,16 @@ computed from primitives (slices, kron, applyColorMap) where they can be."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
 import numpy as np
 import pytest
 
-from carvis import views
+from carvis import hud, pilot, views
 from carvis.errors import CarvisError
+from carvis.pilot import Steering
 
 
 def expected_tile(channel: np.ndarray, scale: int, cmap: int = cv2.COLORMAP_INFERNO
@@ -201,3 +203,104 @@ def test_side_by_side_labels_and_gray():
     assert out.shape == (100, 204, 3)
     assert (out[60:, 104:] == 200).all(), "gray right image made BGR"
     assert (out[:20, :60] != 0).any() and (out[:20, 104:150] != 200).any(), "labels drawn"
+
+
+# --------------------------------------------------------------------------- recorded vs predicted
+
+def colour_mask(img: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    return np.all(img == np.array(colour, np.uint8), axis=-1)
+
+
+def test_lines_point_where_each_steers_and_throttle_sets_their_length():
+    layout = hud.line_layout((240, 320, 3))
+    px, py = layout.pivot
+    assert hud.line_tip(layout, 0.0, None) == (px, py - layout.length)
+    assert hud.line_tip(layout, 0.0, 0.0) == (px, py - round(layout.length * hud.MIN_LENGTH))
+    x, y = hud.line_tip(layout, -1.0, 1.0)
+    theta = math.radians(-views.NEEDLE_MAX_DEGREES)
+    assert (x, y) == (round(px + layout.length * math.sin(theta)),
+                      round(py - layout.length * math.cos(theta)))
+    frame = np.zeros((240, 320, 3), np.uint8)
+    img = hud.SteeringHud()(frame.copy(), Steering(0.6, 0.5), Steering(-0.5, 0.8))
+    for steering, colour in ((Steering(0.6, 0.5), hud.PREDICTED),
+                             (Steering(-0.5, 0.8), hud.RECORDED)):
+        tx, ty = hud.line_tip(layout, steering.angle, steering.throttle)
+        mid = (round((px + tx) / 2), round((py + ty) / 2))
+        lit = colour_mask(img, colour)
+        assert lit[mid[1], mid[0]], f"{colour} line through its midpoint"
+        xs = np.nonzero(lit[:py - 10, :])[1]
+        assert np.sign(xs.mean() - px) == np.sign(steering.angle), "on its own side"
+
+
+def test_legend_labels_both_lines_with_angle_and_throttle():
+    assert hud.label("recorded", Steering(-0.4, 0.3)) == "recorded -0.40 thr 0.30"
+    assert hud.label("predicted", Steering(0.125)) == "predicted +0.12"
+    frame = np.zeros((240, 320, 3), np.uint8)
+    img = hud.SteeringHud()(frame.copy(), Steering(0.2, 0.5), Steering(-0.4, 0.3))
+    rows = [("recorded -0.40 thr 0.30", hud.RECORDED), ("predicted +0.20 thr 0.50", hud.PREDICTED)]
+    expected = np.zeros_like(frame)
+    hud.legend(expected, rows, hud.line_layout(frame.shape).scale)
+    panel = np.any(expected != 0, axis=-1)
+    ys, xs = np.nonzero(panel)
+    box = (slice(0, ys.max() + 1), slice(0, xs.max() + 1))
+    np.testing.assert_array_equal(img[box], expected[box])
+
+
+def test_l_and_r_marks_sit_at_the_ends_of_the_arc():
+    frame = np.zeros((240, 320, 3), np.uint8)
+    img = hud.SteeringHud()(frame.copy(), Steering(0.0, 0.5), Steering(0.0, 0.5))
+    layout = hud.line_layout(frame.shape)
+    grey = colour_mask(img, views.HUD_OUTLINE) | (img.max(axis=-1) > 60) & (
+        img.std(axis=-1) < 5)
+    for side in (-1.0, 1.0):
+        x, y = hud.line_tip(dataclasses.replace(layout, length=layout.length + 4), side, None)
+        xs = slice(x - 14, x) if side < 0 else slice(x, x + 14)
+        assert grey[y - 12:y + 2, xs].sum() > 4, f"a mark at the {'left' if side < 0 else 'right'}"
+
+
+def test_a_lone_steering_value_keeps_the_needle_and_bins_keep_the_bar():
+    frame = np.random.default_rng(5).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(hud.SteeringHud()(frame.copy(), Steering(0.3)),
+                                  views.draw_needle(frame.copy(), 0.3))
+    bins = np.array([0.1, 0.2, 0.5, 0.2])
+    np.testing.assert_array_equal(hud.SteeringHud()(frame.copy(), pilot.read(bins)),
+                                  views.draw_bins(frame.copy(), bins))
+    with_record = hud.SteeringHud()(frame.copy(), pilot.read(bins), Steering(0.1, 0.4))
+    bar = views.bar_layout(frame.shape, 4).panel
+    np.testing.assert_array_equal(with_record[bar[1]:bar[3] + 1, bar[0]:bar[2] + 1],
+                                  views.draw_bins(frame.copy(), bins)[bar[1]:bar[3] + 1,
+                                                                      bar[0]:bar[2] + 1])
+    assert hud.line_layout(frame.shape, 4).pivot[1] < bar[1], "the lines start above the bar"
+
+
+def test_strip_chart_plots_the_last_seconds_below_the_frame():
+    chart = hud.StripChart(seconds=2.0, fps=10.0, height=60)
+    assert chart.capacity == 20
+    frame = np.full((120, 160, 3), 40, np.uint8)
+    predicted = [math.sin(k / 4) for k in range(30)]
+    recorded = [None if 22 <= k < 26 else 0.5 for k in range(30)]
+    for r, p in zip(recorded, predicted, strict=True):
+        out = chart(frame, r, p)
+    assert out.shape == (180, 160, 3)
+    np.testing.assert_array_equal(out[:120], frame)
+    layout = chart.layout(frame.shape)
+    assert layout.y(1.0) < layout.y(0.0) < layout.y(-1.0), "right (+1) at the top"
+    kept_p = predicted[-20:]
+    for k in range(20):
+        x = layout.x(k, 20, 20)
+        assert colour_mask(out, hud.PREDICTED)[layout.y(kept_p[k]), x], f"predicted sample {k}"
+    assert layout.x(19, 20, 20) == layout.x1 and layout.x(0, 20, 20) == layout.x0
+    green = colour_mask(out, hud.RECORDED)
+    y = layout.y(0.5)
+    # samples 22..25 (kept as 12..15) are missing: nothing green between 11 and 16
+    gap = range(layout.x(11, 20, 20) + 1, layout.x(16, 20, 20))
+    assert not green[:, list(gap)].any(), "a missing recorded value breaks the line"
+    assert green[y, layout.x(0, 20, 20)] or green[y, layout.x(1, 20, 20)]
+    assert green[y, layout.x(10, 20, 20)] or colour_mask(out, hud.PREDICTED)[y, layout.x(
+        10, 20, 20)]
+    assert chart(frame, 0.0, 0.0) is out, "the output buffer is kept between frames"
+
+
+def test_strip_chart_needs_a_span():
+    with pytest.raises(CarvisError, match="seconds > 0"):
+        hud.StripChart(seconds=0)

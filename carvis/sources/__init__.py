@@ -7,6 +7,9 @@ a capture thread that keeps only the latest frame. This module opens a source fr
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from carvis.errors import CarvisError
@@ -30,8 +33,8 @@ __all__ = [
     "IMAGE_SUFFIXES", "PICAMERA_HELP", "URL_SCHEMES", "CameraSettings", "CameraSource",
     "FolderSource", "Frame", "PiCameraSource", "Source", "SyntheticSource", "TubSource",
     "VideoFileSource",
-    "default_live_spec", "open_live_source", "open_source", "orient", "parse_synthetic",
-    "running_on_pi",
+    "default_live_spec", "frame_at", "frame_position", "open_live_source", "open_source",
+    "orient", "parse_synthetic", "running_on_pi", "select_frames",
 ]
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -55,6 +58,46 @@ def open_source(spec: str, *, loop: bool = False, fps: float | None = None) -> S
             raise CarvisError(hint)  # a tub's images/ or a folder of tubs: say which to give
         return FolderSource(path, fps=fps or 30.0, loop=loop)
     return VideoFileSource(path, loop=loop)
+
+
+_TIME = re.compile(r"^(?:(\d+):)?(\d+(?:\.\d*)?)s?$")
+
+
+def frame_position(text: str | int | None, fps: float, flag: str = "--start") -> int | None:
+    """A frame index from '120' (a frame), '12.5s' or '1:05' (a time at the source's fps)."""
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    match = _TIME.match(value)
+    if value.isdigit():
+        return int(value)
+    if match is None or not (value.endswith("s") or match.group(1) is not None):
+        raise CarvisError(f"{flag} {str(text)!r} is not a frame number or a time; give a "
+                          "frame (120), seconds (12.5s) or minutes:seconds (1:05)")
+    seconds = int(match.group(1) or 0) * 60 + float(match.group(2))
+    return round(seconds * fps)
+
+
+def select_frames(frames: Iterable[Frame], start: int | None = None, end: int | None = None
+                  ) -> Iterator[Frame]:
+    """The frames from index start up to (not including) end; the ones before are read, dropped."""
+    start = start or 0
+    if end is not None and end <= start:
+        raise CarvisError(f"--end (frame {end}) must come after --start (frame {start}); "
+                          "give a later --end or an earlier --start")
+    return itertools.islice(frames, start, end)
+
+
+def frame_at(spec: str, position: str | int, fps: float | None = None) -> Frame:
+    """One frame of a video, tub or folder, by index or time ('12.5s')."""
+    with open_source(spec, fps=fps) as source:
+        index = frame_position(position, source.fps, "--frame")
+        frame = next(select_frames(source, index, index + 1), None)
+        if frame is None:
+            count = source.frame_count or index
+            raise CarvisError(f"--frame {position}: {source.name} has {count} frames; give "
+                              f"--frame 0..{max(count - 1, 0)}")
+        return frame
 
 
 def default_live_spec() -> str:
