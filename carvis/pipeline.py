@@ -16,6 +16,7 @@ import numpy as np
 from carvis import explain, hud, pilot, views
 from carvis import overlay as ov
 from carvis.errors import CarvisError
+from carvis.flatmap import FlatMapWatch
 from carvis.frame import Frame
 from carvis.preprocess import Preprocessor
 from carvis.profile import Profile
@@ -69,6 +70,7 @@ class Renderer:
         self.overlay = ov.Overlay(profile.threshold, profile.colormap)
         self.normalizer = ov.MapNormalizer(profile.normalize, profile.range, profile.decay,
                                            profile.ema)
+        self.flat = FlatMapWatch()
         self.times = StageTimes()
         self.enabled = True
         self.prediction: np.ndarray | None = None
@@ -85,6 +87,9 @@ class Renderer:
         self.explainer = self._explainer(self.mode, self.target, self.backend, self.hud)
         self._preparing = threading.Lock()  # prepare() may be called from several threads
         self._warm = {self.backend.layer_name}
+        self._composed: MapResult | None = None  # the map compose() laid last
+        self.flat.reset(f"{self.mode} on layer {self.backend.layer_name!r}, channel "
+                        f"{self.channel}")
 
     # -- settings: one way in -------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -133,6 +138,7 @@ class Renderer:
         if (backend is not self.backend or channel != self.channel or mode != self.mode
                 or target != self.target):
             self.normalizer.reset()
+            self.flat.reset(f"{mode} on layer {backend.layer_name!r}, channel {channel}")
         if backend.input_shape != self.backend.input_shape:
             self.preprocess = self._preprocessor(backend)
         self.backend, self.channel, self.explainer = backend, channel, explainer
@@ -197,6 +203,7 @@ class Renderer:
         batch = self.preprocess(self.preprocess.roi(image))
         t1 = time.perf_counter()
         act, amap = self._map(batch)
+        self.flat(amap, batch, self.profile.scale, self.profile.offset)
         if act is None and self.view == "grid":
             act = self.backend(batch)
         norm = self.normalizer(amap)
@@ -224,7 +231,8 @@ class Renderer:
         out = roi if self.profile.output == "roi" else image
         raw = out.copy() if self.compare else None
         if result is not None and self.enabled and self.view == "overlay":
-            self.overlay.draw(roi, result.norm)
+            self.overlay.draw(roi, result.norm, same_map=result is self._composed)
+            self._composed = result
         self.times.add("overlay", time.perf_counter() - t0)
         out = self._finish(out, raw, result, pilot.recorded(record))
         if self.profile.output_size is not None:

@@ -87,3 +87,20 @@ def test_readme_troubleshooting_quotes_the_real_message(tmp_path, capsys):
     quoted = re.search(r"\*\*`(no layer named 'x' in model)", (REPO / "README.md").read_text())
     assert quoted, "the README's troubleshooting quotes the message"
     assert err[0].startswith("carvis: error: " + quoted.group(1).replace("'x'", "'nosuchlayer'"))
+
+
+def test_a_flat_map_is_said_once_with_the_numbers(axionaut_model_path, race_clip, tmp_path,
+                                                  capsys):
+    # The Axionaut net was trained on raw 0..255 pixels; the generic profile feeds it 0..1.
+    code, err = _run(capsys, "render", str(race_clip), "-o", str(tmp_path / "o.avi"),
+                     "--model", str(axionaut_model_path), "--max-frames", "12", "--quiet")
+    flat = [ln for ln in err if "is flat" in ln]
+    assert code == 0 and len(flat) == 1, err
+    assert flat[0].startswith("carvis: warning: the map of activation on layer "
+                              "'convolution2d_2', channel mean is flat on the first 8 frames "
+                              "(every value 0) with model input in 0.")
+    assert "preprocess scale 0.00392157" in flat[0] and "scale: 1.0" in flat[0]
+    code, err = _run(capsys, "render", str(race_clip), "-o", str(tmp_path / "p.avi"),
+                     "--model", str(axionaut_model_path), "--profile",
+                     str(REPO / "models" / "axionaut.yaml"), "--max-frames", "12", "--quiet")
+    assert code == 0 and not [ln for ln in err if "is flat" in ln], err

@@ -287,3 +287,16 @@ def test_memory_is_flat_over_a_long_render(renderer_factory):
     python_growth = sink.python[1500] - sink.python[500]
     assert rss_growth_kb < 4096, sink.rss
     assert python_growth < 32 * 1024, f"Python heap grew {python_growth} bytes in 1000 frames"
+
+
+def test_one_map_laid_on_later_frames_equals_drawing_it_afresh(renderer_factory, race_frames):
+    renderer = renderer_factory()
+    result = renderer.compute(race_frames[0])
+    for image in race_frames[1:4]:  # live: the newest map on the frames that follow it
+        reused = renderer.compose(image.copy(), result)
+        fresh = renderer_factory().compose(image.copy(), result)
+        np.testing.assert_array_equal(reused, fresh)
+    renderer.apply({"threshold": 140.0})  # a change still redraws the kept colour layer
+    np.testing.assert_array_equal(renderer.compose(race_frames[5].copy(), result),
+                                  renderer_factory(prof.load(PROFILE).replace(threshold=140))
+                                  .compose(race_frames[5].copy(), result))
