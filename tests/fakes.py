@@ -156,6 +156,7 @@ class FakeVideoCapture:
     opens = True
     frames_limit: int | None = None
     size = (64, 48)
+    plugged: threading.Event | None = None  # if set: a camera that is there only while set
     created: ClassVar[list[FakeVideoCapture]] = []
 
     def __init__(self, *args: object) -> None:
@@ -166,6 +167,8 @@ class FakeVideoCapture:
         type(self).created.append(self)
 
     def isOpened(self) -> bool:
+        if self.plugged is not None and not self.plugged.is_set():
+            return False
         return self.opens and not self.released
 
     def set(self, prop: int, value: float) -> bool:
@@ -183,6 +186,8 @@ class FakeVideoCapture:
             time.sleep(self.delay)
         if self.released or (self.frames_limit is not None and self.count >= self.frames_limit):
             return False, None
+        if self.plugged is not None and not self.plugged.is_set():
+            return False, None  # unplugged: V4L2 reads fail until the device is opened again
         w, h = self.size
         img = np.full((h, w, 3), 90, np.uint8)
         img[h // 2:, : w // 2] = 200
@@ -347,6 +352,7 @@ class Viewer:
                  stall: bool = False) -> None:
         self.frames = 0
         self.jpegs: list[bytes] = []
+        self.stamps: list[float] = []  # each part's X-Timestamp
         self.error: BaseException | None = None
         self.boundary: bytes | None = None
         self.headers = b""
@@ -390,6 +396,8 @@ class Viewer:
                     if len(buf) < end + 4 + length + 2:
                         break
                     jpeg = bytes(buf[end + 4: end + 4 + length])
+                    self.stamps += [float(h.split(b":")[1]) for h in head
+                                    if h.lower().startswith(b"x-timestamp:")]
                     del buf[: end + 4 + length + 2]
                     self.jpegs = [*self.jpegs[-4:], jpeg]
                     self.frames += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import urllib.request
 
 import cv2
@@ -174,6 +175,7 @@ def test_stats_report_rates_stages_latency_drops_and_viewers(served):
     viewer = fakes.Viewer(s.host, s.port)
     try:
         fakes.wait_until(lambda: viewer.frames >= 10, what="10 frames")
+        fakes.wait_until(lambda: "model" in s.get("stats")[1]["stages_ms"], what="model times")
         status, stats = s.get("stats")
     finally:
         viewer.close()
@@ -192,8 +194,10 @@ def test_stats_report_rates_stages_latency_drops_and_viewers(served):
 def test_settings_changes_show_in_the_next_frames(served):
     s = served()
     raw_jpeg = cv2.imencode(".jpg", s.raw, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
-    fakes.wait_until(lambda: len(s.outputs) >= 3, what="first frames")
-    assert not any(s.outputs)  # the overlay lights some pixels up
+    fakes.wait_until(lambda: s.runner.model.computed >= 1, what="a first map")
+    n = len(s.outputs)
+    fakes.wait_until(lambda: len(s.outputs) >= n + 3, what="frames with a map")
+    assert not any(s.outputs[n:])  # the overlay lights some pixels up
     status, settings = s.get("settings")
     assert status == 200 and settings["threshold"] == s.runner.renderer.profile.threshold
     status, after = s.post({"threshold": 255})
@@ -239,12 +243,13 @@ def test_bad_settings_get_400_with_the_reason_and_the_pipeline_runs_on(served, r
 def test_token_protects_settings_changes(served):
     s = served(token="s3cret")
     fakes.wait_until(lambda: s.runner.processed >= 1, what="first frame")
-    assert s.post({"threshold": 10})[0] == 403
+    assert s.post({"threshold": 10})[0] == 401
     assert s.post({"threshold": 10}, headers={"X-Carvis-Token": "wrong"})[0] == 403
     assert s.post({"threshold": 11}, headers={"X-Carvis-Token": "s3cret"})[0] == 200
     assert fakes.http("POST", s.url + "settings?token=s3cret", {"threshold": 12})[0] == 200
     assert s.post({"threshold": 13}, headers={"Authorization": "Bearer s3cret"})[0] == 200
-    status, settings = s.get("settings")  # reading needs no token
+    assert s.get("settings")[0] == 401  # reading needs it too: only the team gets in
+    status, settings = fakes.http("GET", s.url + "settings", headers={"X-Carvis-Token": "s3cret"})
     assert status == 200 and settings["threshold"] == 13
 
 
@@ -266,6 +271,9 @@ def test_stream_over_urllib_is_multipart_jpeg(served):
         assert resp.readline() == b"--carvisframe\r\n"
         assert resp.readline() == b"Content-Type: image/jpeg\r\n"
         length = int(resp.readline().split(b":")[1])
+        stamp = resp.readline()
+        assert stamp.startswith(b"X-Timestamp: ")
+        assert abs(float(stamp.split(b":")[1]) - time.time()) < 10  # capture, epoch seconds
         assert resp.readline() == b"\r\n"
         assert fakes.decode(resp.read(length)) is not None
 

@@ -1,8 +1,10 @@
-"""Live mode: capture thread -> latest-frame slot -> overlay -> sinks, each in its own thread.
+"""Live mode: capture thread -> latest-frame slot -> newest map -> sinks, each in its own thread.
 
-``capture`` reads the source, ``controls`` queues setting changes for the loop, ``keys`` maps the
-display's keys to actions, ``recording`` writes .avi files and snapshots, ``stats`` measures and
-shows, ``runner`` runs the loop and owns the threads.
+``capture`` reads the source (and reopens a lost one), ``inference`` runs the model on the newest
+frame, ``controls`` queues setting changes, ``keys`` maps the display's keys to actions,
+``recording`` writes wall-clock recordings and snapshots, ``stats`` and ``metrics`` measure and
+show, ``console`` turns native libraries' stderr into notes, ``runner`` runs the loop and owns
+the threads.
 """
 
 from carvis.live.capture import CaptureThread, RateMeter

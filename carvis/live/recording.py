@@ -1,24 +1,121 @@
-"""Recording while live: file names, start/stop (each start a new .avi), draining on stop; and
-snapshots of the newest composed frame."""
+"""Recording while live: file names, start/stop (each start a new file), real time kept, a failed
+disk noticed; and snapshots of the newest composed frame.
+
+A live recording plays at wall-clock speed: each frame is placed on the camera's clock by its
+capture time, and a gap (frames dropped to stay live) holds the frame before it, as the screen
+did. The default is Matroska (H.264), which is playable while written: a power cut loses about
+the last second. An .avi (MJPG) survives a kill too, but OpenCV does not report failed writes,
+so every recording is also watched for a file that stops growing (a full disk).
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.frame import Frame
+from carvis.sinks import Sink
 from carvis.sinks.files import AviSink
 from carvis.sinks.threaded import SinkWorker
+from carvis.sinks.video import VideoSink
 
 #: Where a recorder's notes go: (logging level, text).
 Say = Callable[[int, str], None]
+
+RECORD_SUFFIXES = (".mkv", ".mp4", ".avi")
+DEFAULT_SUFFIX = ".mkv"
+LIVE_PRESET = "ultrafast"  # x264 for a car: little CPU, no lookahead (nothing held back)
+STALL_SECONDS = 3.0  # a file that takes frames and does not grow for this long has failed
+MAX_GAP_SECONDS = 10.0  # a longer gap is held this long (a suspended laptop, not a camera)
+
+
+def check_record_path(path: str | Path, what: str = "--record") -> Path:
+    """Refuse, in one line, a recording name carvis cannot write, by trying to create it."""
+    path = Path(path)
+    if path.suffix.lower() not in RECORD_SUFFIXES:
+        raise CarvisError(f"{what} {str(path)!r}: give a file name ending in "
+                          f"{', '.join(RECORD_SUFFIXES)} (.mkv plays even after a power cut)")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise CarvisError(f"{what} {str(path)!r} cannot be written ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def open_recording(path: Path, fps: float) -> Sink:
+    """The sink for a live recording, by its suffix."""
+    if path.suffix.lower() == ".avi":
+        return AviSink(path, fps)
+    return VideoSink(path, fps, preset=LIVE_PRESET)
+
+
+class Timeline(Sink):
+    """Frames onto the camera's clock: a gap repeats the frame before it; the file is watched."""
+
+    def __init__(self, sink: Sink, path: Path, fps: float) -> None:
+        self.sink = sink
+        self.path = path
+        self.fps = float(fps)
+        self.frames = 0  # frames in the file, repeats included
+        self.repeated = 0
+        self._start: float | None = None
+        self._slot = -1
+        self._last: np.ndarray | None = None
+        self._size = -1
+        self._grown = time.monotonic()
+
+    def write_frame(self, frame: Frame) -> None:
+        """Write a frame at its slot on the clock (two in one slot: the newer is skipped)."""
+        if self._start is None:
+            self._start = frame.timestamp
+        slot = round((frame.timestamp - self._start) * self.fps)
+        if slot <= self._slot:
+            return
+        held = min(slot - self._slot - 1, int(MAX_GAP_SECONDS * self.fps))
+        if self._last is not None:
+            for _ in range(held):
+                self._write(self._last)
+            self.repeated += held
+        self._write(frame.image)
+        self._slot, self._last = slot, frame.image
+        self._watch()
+
+    def write(self, image: np.ndarray) -> None:
+        self._write(image)
+
+    def _write(self, image: np.ndarray) -> None:
+        self.sink.write(image)
+        self.frames += 1
+
+    def _watch(self) -> None:
+        """Fail when the file stopped growing although frames keep coming (a full disk)."""
+        now = time.monotonic()
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            size = -1  # not created yet (an encoder holds the first frames back), or gone
+        if size != self._size and size >= 0:
+            self._size, self._grown = size, now
+        elif now - self._grown > STALL_SECONDS:
+            raise CarvisError(f"nothing reached the file for {now - self._grown:.0f} s "
+                              "(disk full, or the file was removed?)")
+
+    def close(self) -> None:
+        self.sink.close()
 
 
 def record_names(first: str | None, folder: str) -> Iterator[Path]:
@@ -30,16 +127,16 @@ def record_names(first: str | None, folder: str) -> Iterator[Path]:
             yield path.with_name(f"{path.stem}-{n}{path.suffix}")
     while True:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(folder) / f"carvis-{stamp}.avi"
+        path = Path(folder) / f"carvis-{stamp}{DEFAULT_SUFFIX}"
         for n in itertools.count(2):
             if not path.exists():
                 break
-            path = path.with_name(f"carvis-{stamp}-{n}.avi")
+            path = path.with_name(f"carvis-{stamp}-{n}{DEFAULT_SUFFIX}")
         yield path
 
 
 class Recorder:
-    """Frames to .avi files behind a bounded queue; a stopped file drains in its own thread."""
+    """Frames to files behind a bounded queue; a stopped file drains in its own thread."""
 
     def __init__(self, fps: float, say: Say, *, first: str | None = None, folder: str = ".",
                  queue_size: int = 16) -> None:
@@ -47,19 +144,26 @@ class Recorder:
         self.queue_size = queue_size
         self.worker: SinkWorker | None = None
         self.paths: list[str] = []
+        self.failures: list[str] = []  # one line per recording that failed
         self._say = say
         self._names = record_names(first, folder)
         self._closing: list[SinkWorker] = []
 
     @property
     def recording(self) -> bool:
-        """True while frames go to an .avi file."""
-        return self.worker is not None and self.worker.alive
+        """True while frames go to a file."""
+        worker = self.worker
+        return worker is not None and worker.alive
+
+    @property
+    def failure(self) -> str | None:
+        """The last recording failure, for the page and /stats."""
+        return self.failures[-1] if self.failures else None
 
     def start(self) -> None:
         """Open the next file and record to it."""
-        path = next(self._names)
-        sink = AviSink(path, self.fps)
+        path = check_record_path(next(self._names), "recording")
+        sink = Timeline(open_recording(path, self.fps), path, self.fps)
         self.worker = SinkWorker(sink, "record", policy="drop-new", maxsize=self.queue_size,
                                  drain_on_close=True)
         self.paths.append(str(path))
@@ -85,34 +189,54 @@ class Recorder:
 
     def put(self, frame: Frame) -> None:
         """Queue a frame for the file, if recording."""
-        if self.worker is not None:
-            self.worker.put(frame)
+        worker = self.worker
+        if worker is not None:
+            worker.put(frame)
 
-    def check(self) -> None:
-        """A failed recording just stops recording (the run goes on)."""
-        if self.worker is not None and self.worker.error is not None:
-            self._say(logging.WARNING, f"recording stopped: {self.worker.error}")
-            self.stop()
+    def check(self) -> bool:
+        """A failed recording stops recording, in one line (stream and display go on); True
+        when it just did."""
+        worker = self.worker
+        if worker is None or worker.error is None:
+            return False
+        self.worker = None
+        worker.close(timeout=0)
+        line = f"recording to {worker.sink.path} stopped: {_one_line(worker.error)}"
+        self.failures.append(line)
+        self._say(logging.ERROR, line)
+        return True
 
     def stats(self) -> dict[str, Any] | None:
         """The recording worker's stats (None when not recording)."""
-        return self.worker.stats() if self.worker is not None else None
+        worker = self.worker
+        if worker is None:
+            return None
+        sink: Timeline = worker.sink
+        return {**worker.stats(), "path": str(sink.path), "file_frames": sink.frames,
+                "repeated": sink.repeated}
 
     def finish(self, deadline: float) -> None:
         """Wait (until the monotonic deadline) for stopped files to drain; say how each went."""
         for worker in self._closing:
             worker.close(timeout=max(0.05, deadline - time.monotonic()))
         for worker in self._closing:
+            sink: Timeline = worker.sink
             if worker.error is not None:
-                self._say(logging.WARNING,
-                          f"recording to {worker.sink.path} failed: {worker.error}")
+                line = f"recording to {sink.path} failed: {_one_line(worker.error)}"
+                if not any(str(sink.path) in f for f in self.failures):
+                    self.failures.append(line)
+                    self._say(logging.ERROR, line)
             elif not worker.close(timeout=0):
-                self._say(logging.WARNING,
-                          f"recording to {worker.sink.path} did not finish in time")
+                self._say(logging.WARNING, f"recording to {sink.path} did not finish in time")
             else:
-                self._say(logging.INFO, f"recorded {worker.written} frames to "
-                          f"{worker.sink.path} ({worker.dropped} dropped)")
+                self._say(logging.INFO, f"recorded {worker.written} frames to {sink.path} "
+                          f"({worker.dropped} dropped, {sink.repeated} held to keep time)")
         self._closing.clear()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def save_snapshot(frame: Frame, folder: str) -> Path:

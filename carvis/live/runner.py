@@ -1,9 +1,11 @@
-"""The live loop: get frame -> map -> compose -> fan out, and the threads it owns.
+"""The live loop: get frame -> newest map -> compose -> fan out, and the threads it owns.
 
-The processing loop overlays each frame in place and hands the same array to every sink; a
-frame is never written to again once processed, so sinks may read it from their threads while
-the loop moves on to the next, freshly captured, array. Everything else (settings, keys,
-recording, stats) happens beside the loop or between two frames.
+The output loop runs at the camera's rate: it hands the model thread a frame whenever that is
+idle, lays the newest map on each frame in place and hands the same array to every sink; a
+frame is never written to again once composed, so sinks may read it from their threads while
+the loop moves on. While the source is lost the loop sends a "no signal" placeholder instead.
+Settings changes are applied by the model thread between two maps; keys, recording and stats
+happen beside the loop.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any
 from carvis import settings
 from carvis.errors import CarvisError
 from carvis.frame import Frame
-from carvis.live import keys, stats
-from carvis.live.capture import CaptureThread
+from carvis.live import keys, metrics, stats
+from carvis.live.capture import CaptureThread, NoSignal
+from carvis.live.console import NOTES
 from carvis.live.controls import Busy, Controls
+from carvis.live.inference import Map, MapThread
 from carvis.live.recording import Recorder, save_snapshot
 from carvis.pipeline import Renderer
 from carvis.sinks.threaded import SinkWorker
@@ -42,6 +46,8 @@ class LiveOptions:
     send_timeout: float = 5.0
     record_queue: int = 16
     snapshot_dir: str = "."
+    #: Wait for the map of the very frame when the model takes under this share of a frame.
+    fast_model: float = 0.5
 
 
 class LiveRunner:
@@ -55,7 +61,12 @@ class LiveRunner:
         self.on_frame = on_frame
         self.controls = Controls(self)
         self.capture = CaptureThread(source)
+        self.model = MapThread(renderer, self.controls.apply_pending)
         self.meter = stats.LoopMeter()
+        self.hists = {name: metrics.Histogram() for name in ("map", "compose")}
+        self.map_age: tuple[int, float] | None = None  # (frames, seconds) on the newest output
+        self.placeholders = 0
+        self._seq = 0
         self.last_output: Frame | None = None
         self.running = False
         self.error: BaseException | None = None
@@ -99,9 +110,12 @@ class LiveRunner:
 
                 host, port = opts.serve
                 self.server = MjpegServer(host, port, self.controls, token=opts.token,
-                                          send_timeout=opts.send_timeout, stats=self.stats)
+                                          send_timeout=opts.send_timeout, stats=self.stats,
+                                          metrics=self.metrics)
                 self.encoder = JpegEncoder(self.server.broadcast, opts.jpeg_quality)
                 self.sinks["mjpeg"] = SinkWorker(self.encoder, "mjpeg")
+            for name, worker in self.sinks.items():
+                worker.on_write = self.hists.setdefault(name, metrics.Histogram()).observe
             if opts.record:
                 self.recorder.start()
         except BaseException:
@@ -115,16 +129,17 @@ class LiveRunner:
         try:
             self.controls.publish()
             while not self._stop.is_set():
-                self.controls.apply_pending()
-                frame = self.capture.get(timeout=0.1)
-                if frame is None:
+                item = self.capture.get(timeout=0.1)
+                if item is None:
                     if self.capture.finished:
                         break
                     self._check_sinks()
                     continue
                 t0 = time.perf_counter()
-                image = self.renderer.process(frame.image)
-                self._fan_out(Frame(image, frame.index, frame.timestamp, frame.name))
+                out = self._placeholder(item) if isinstance(item, NoSignal) else \
+                    self._compose(item)
+                self._fan_out(out)
+                self.hists["compose"].observe(time.perf_counter() - t0)
                 if self.meter.frame_done(t0):
                     self.meter.stage_ms = self.renderer.times.median_ms()
                     self._check_sinks()
@@ -142,9 +157,42 @@ class LiveRunner:
         """Start the clock and the threads that feed and watch the loop."""
         self.running = True
         self.meter.restart()
+        self.model.start()
         self.capture.start()
         if self.server is not None:
             self.server.start()
+
+    def _compose(self, frame: Frame) -> Frame:
+        """The frame with the newest map laid on it (this frame's own, for a fast model)."""
+        self._seq += 1
+        latest = self.model.latest
+        if self.model.offer(self._seq, frame):
+            # A model much faster than the camera: wait for this very frame's map (age 0).
+            budget = self.options.fast_model / max(self.source.fps, 1e-3)
+            if latest is not None and latest.compute_s < budget:
+                latest = self.model.wait_for(self._seq, budget)
+        if self.model.error is not None:
+            raise self.model.error
+        if latest is not None and latest is not self._counted:
+            self._counted = latest
+            self.hists["map"].observe(latest.compute_s)
+        image = self.renderer.compose(frame.image, latest.result if latest else None,
+                                      frame.record)
+        self.map_age = (self._seq - latest.seq, frame.timestamp - latest.timestamp) \
+            if latest else None
+        return Frame(image, frame.index, frame.timestamp, frame.name)
+
+    _counted: Map | None = None
+
+    def _placeholder(self, tick: NoSignal) -> Frame:
+        """The "no signal" frame, the size of the outputs, on the recording's timeline."""
+        self._seq += 1
+        self.placeholders += 1
+        self.map_age = None
+        last = self.last_output
+        shape = last.image.shape if last is not None else \
+            (*reversed(getattr(self.source, "size", (640, 480))), 3)
+        return Frame(tick.image(shape), last.index if last else 0, tick.timestamp, "no signal")
 
     def _fan_out(self, out: Frame) -> None:
         """The composed frame to every sink, the recorder and the on_frame hook."""
@@ -157,27 +205,31 @@ class LiveRunner:
 
     def _check_sinks(self) -> None:
         """A failed sink stops the run, except the recorder, which just stops recording."""
+        if self.model.error is not None:
+            raise self.model.error
         for name, worker in self.sinks.items():
             if worker.error is not None:
                 raise CarvisError(f"{name} failed: {worker.error}")
-        self.recorder.check()
+        if self.recorder.check():
+            self._submit(lambda: None)  # the settings the page shows are published anew
 
     @property
     def processed(self) -> int:
         """Frames processed so far."""
         return self.meter.processed
 
-    # -- settings (applied by the loop thread, between two frames) --------------------------
+    # -- settings (applied by the model thread, between two maps) ---------------------------
     @property
     def recording(self) -> bool:
         """True while frames go to an .avi file."""
         return self.recorder.recording
 
     def current_settings(self) -> dict[str, Any]:
-        """The live settings and their choices (called in the loop thread)."""
+        """The live settings and their choices (called in the model thread)."""
         values = {**self.renderer.settings(), "recording": self.recording}
         out = {key: values[key] for key in settings.LIVE_KEYS}
         out["record_path"] = self.recorder.paths[-1] if self.recorder.paths else None
+        out["record_error"] = self.recorder.failure
         out["choices"] = {"layers": list(self.layers), "channels": self.renderer.channels,
                           "colormaps": sorted(settings.COLORMAPS), "threshold": [0, 255],
                           "modes": list(settings.MODES), "targets": list(settings.TARGETS),
@@ -193,7 +245,7 @@ class LiveRunner:
             return {**values, **self.renderer.prepare(render)}
 
     def apply_settings(self, values: dict[str, Any]) -> None:
-        """Apply prepared values all or nothing (loop thread only)."""
+        """Apply prepared values all or nothing (model thread only)."""
         render = {k: v for k, v in values.items() if k != "recording"}
         before = self.renderer.settings()
         if render:
@@ -269,19 +321,29 @@ class LiveRunner:
         record = self.recorder.stats()
         if record is not None:
             sinks["record"] = record
-        return stats.live_stats(self.meter, self.capture, sinks, source=self.source.name,
-                                running=self.running, recording=self.recording,
-                                encoded=self.encoder.encodes if self.encoder else 0)
+        out = stats.live_stats(self.meter, self.capture, sinks, source=self.source.name,
+                               running=self.running, recording=self.recording,
+                               encoded=self.encoder.encodes if self.encoder else 0)
+        out.update(map=stats.map_stats(self.map_age, self.model),
+                   signal=stats.signal_stats(self.capture), placeholders=self.placeholders,
+                   record_error=self.recorder.failure,
+                   record_failures=list(self.recorder.failures), notes=NOTES.snapshot())
+        return out
+
+    def metrics(self) -> str:
+        """The stats in Prometheus' text format (any thread)."""
+        full = self.server.stats() if self.server is not None else self.stats()
+        return metrics.render(full, self.hists)
 
     def hud_text(self) -> str:
         """One status line for the display."""
         shown = self.controls.settings() or self.current_settings()
         return stats.hud_text({**shown, "recording": self.recording}, self.meter, self.capture,
-                              self.sinks.get("display"))
+                              self.sinks.get("display"), self.map_age)
 
     def summary(self) -> str:
         """One line on how the run went."""
-        return stats.summary(self.meter, self.capture)
+        return stats.summary(self.meter, self.capture, self.model)
 
     def _say(self, level: int, text: str) -> None:
         """A note for the page (runner.messages) and the "carvis" logger."""
@@ -317,6 +379,7 @@ class LiveRunner:
         """Stop everything: capture, sinks (the recorder drains and closes its file), server."""
         deadline = time.monotonic() + timeout
         self.capture.stop(timeout=0)
+        self.model.stop(timeout=0)
         if self.server is not None:
             self.server.close()
         for worker in self.sinks.values():
@@ -326,3 +389,4 @@ class LiveRunner:
             worker.close(timeout=max(0.05, deadline - time.monotonic()))
         self.recorder.finish(deadline)
         self.capture.stop(timeout=max(0.05, deadline - time.monotonic()))
+        self.model.stop(timeout=max(0.05, deadline - time.monotonic()))

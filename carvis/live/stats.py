@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 from typing import Any
 
 from carvis.live.capture import CaptureThread, RateMeter
+from carvis.live.inference import MapThread
 from carvis.sinks.threaded import SinkWorker, percentile_ms
 
 STATS_INTERVAL = 0.5  # seconds between two reads of the stage times and the sinks' health
@@ -38,6 +40,26 @@ class LoopMeter:
         return True
 
 
+def signal_stats(capture: CaptureThread) -> dict[str, Any]:
+    """Losses and reconnects of the source, and what it skipped (broken frames, files)."""
+    lost = capture.lost_since
+    files = list(getattr(capture.source, "skipped", []))
+    return {"lost_for_s": None if lost is None else round(time.monotonic() - lost, 2),
+            "losses": capture.losses, "reconnects": capture.reconnects,
+            "last_loss": capture.last_loss,
+            "skipped": getattr(capture.source, "corrupt", 0) + len(files),
+            "skipped_files": [Path(f).name for f in files[-20:]]}
+
+
+def map_stats(age: tuple[int, float] | None, model: MapThread) -> dict[str, Any]:
+    """How old the map on the newest output is (frames, ms), and how fast maps come."""
+    latest = model.latest
+    return {"age_frames": age[0] if age else None,
+            "age_ms": round(age[1] * 1e3, 1) if age else None,
+            "fps": round(model.rate.rate(), 2), "computed": model.computed,
+            "compute_ms": round(latest.compute_s * 1e3, 2) if latest else None}
+
+
 def live_stats(meter: LoopMeter, capture: CaptureThread, sinks: dict[str, dict[str, Any]], *,
                source: str, running: bool, recording: bool, encoded: int) -> dict[str, Any]:
     """Counts, rates, per-stage times and latency, JSON-ready; sinks are their stats()."""
@@ -67,20 +89,23 @@ def live_stats(meter: LoopMeter, capture: CaptureThread, sinks: dict[str, dict[s
 
 
 def hud_text(settings: dict[str, Any], meter: LoopMeter, capture: CaptureThread,
-             display: SinkWorker | None) -> str:
+             display: SinkWorker | None, age: tuple[int, float] | None) -> str:
     """One status line for the display, from the published settings."""
     lat = percentile_ms(display.latencies, 50) if display is not None else None
     rec = "  REC" if settings["recording"] else ""
     over = "" if settings["overlay"] else " (overlay off)"
+    old = f"  map {age[0]} fr/{age[1] * 1e3:.0f} ms" if age else "  no map yet"
     return (f"{meter.rate.rate():4.1f} fps  {lat or 0:4.0f} ms  drops "
-            f"{capture.dropped}  |  {settings['layer']} ch {settings['channel']}  "
+            f"{capture.dropped}{old}  |  {settings['layer']} ch {settings['channel']}  "
             f"thr {settings['threshold']:g}{over}{rec}")
 
 
-def summary(meter: LoopMeter, capture: CaptureThread) -> str:
+def summary(meter: LoopMeter, capture: CaptureThread, model: MapThread) -> str:
     """One line on how the run went."""
+    lost = (f", source lost {capture.losses} time(s), back {capture.reconnects}"
+            if capture.losses else "")
     return (f"{meter.processed} frames processed of {capture.captured} captured "
-            f"({capture.dropped} dropped to stay live)")
+            f"({capture.dropped} dropped to stay live), {model.computed} maps{lost}")
 
 
 def _round(v: float | None) -> float | None:

@@ -7,16 +7,23 @@ in between are skipped and counted); a viewer that takes nothing for ``send_time
 is dropped. No viewer is ever buffered beyond the one frame it is sending, and none can hold
 up another, the encoder or the capture.
 
+Each part carries its frame's capture time in an ``X-Timestamp`` header (µStreamer's convention:
+seconds since the epoch, with a fraction), so a client can measure glass-to-glass delay.
+
 Routes (served by :mod:`carvis.sinks.http`): ``/`` the control page, ``/stream.mjpg``,
-``/snapshot.jpg``, ``/stats`` (JSON), ``/settings`` (GET the live settings; POST JSON to change
-them, optionally token-protected).
+``/snapshot.jpg``, ``/stats`` (JSON), ``/metrics`` (Prometheus), ``/settings`` (GET the live
+settings; POST JSON to change them); all behind the token when there is one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import ipaddress
+import secrets
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +32,14 @@ import cv2
 import numpy as np
 
 from carvis.errors import CarvisError
+from carvis.frame import Frame
 from carvis.sinks import Sink
 from carvis.sinks.http import BOUNDARY, Controller, Handler, Server, load_page
 
 __all__ = ["BOUNDARY", "Broadcast", "JpegEncoder", "MjpegServer", "StreamPump", "Viewers",
-           "parse_address"]
+           "choose_token", "is_loopback", "parse_address", "reachable_addresses"]
+
+MAX_VIEWERS = 64  # streams at once (the pump is one thread; the car's Wi-Fi is the limit)
 
 
 class Broadcast:
@@ -42,10 +52,11 @@ class Broadcast:
         self._header_len = 0
         self.listeners: list[Callable[[], None]] = []  # called after each publish
 
-    def publish(self, jpeg: np.ndarray | bytes) -> int:
-        """Make this JPEG the newest frame; returns its sequence number."""
-        header = (b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                  % (BOUNDARY, len(jpeg)))
+    def publish(self, jpeg: np.ndarray | bytes, timestamp: float | None = None) -> int:
+        """Make this JPEG the newest frame (captured at epoch time timestamp); its number."""
+        stamp = b"" if timestamp is None else b"X-Timestamp: %.6f\r\n" % timestamp
+        header = (b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n%s\r\n"
+                  % (BOUNDARY, len(jpeg), stamp))
         # One multipart part, built once: every viewer is sent these very bytes.
         part = b"".join((header, jpeg, b"\r\n"))
         with self._lock:
@@ -225,12 +236,16 @@ class JpegEncoder(Sink):
         self.params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
         self.encodes = 0
 
-    def write(self, image: np.ndarray) -> None:
+    def write(self, image: np.ndarray, timestamp: float | None = None) -> None:
         ok, jpeg = cv2.imencode(".jpg", image, self.params)
         if not ok:
             raise CarvisError(f"JPEG encoding failed for a frame of shape {image.shape}")
         self.encodes += 1
-        self.broadcast.publish(jpeg)
+        self.broadcast.publish(jpeg, timestamp)
+
+    def write_frame(self, frame: Frame) -> None:
+        """Encode a frame; its part carries the capture time (monotonic → epoch)."""
+        self.write(frame.image, time.time() - (time.monotonic() - frame.timestamp))
 
 
 class Viewers:
@@ -270,7 +285,8 @@ class MjpegServer:
 
     def __init__(self, host: str, port: int, controller: Controller, *,
                  token: str | None = None, send_timeout: float = 5.0,
-                 stats: Callable[[], dict] | None = None) -> None:
+                 stats: Callable[[], dict] | None = None,
+                 metrics: Callable[[], str] | None = None) -> None:
         self.broadcast = Broadcast()
         self.viewers = Viewers()
         self.controller = controller
@@ -280,6 +296,7 @@ class MjpegServer:
         self.closing = False
         self.pump = StreamPump(self.broadcast, self.viewers, self.send_timeout)
         self._stats = stats or controller.stats
+        self._metrics = metrics
         try:
             self._server = Server((host, port), Handler)
         except OSError as exc:
@@ -293,9 +310,18 @@ class MjpegServer:
 
     @property
     def url(self) -> str:
-        """Where the page is."""
+        """Where the page is (the address it is bound to)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    def urls(self) -> list[str]:
+        """The addresses to open the page at, with the token: this machine's reachable ones
+        for a wildcard bind (never 0.0.0.0)."""
+        hosts = [self.host]
+        if self.host in ("0.0.0.0", "::", ""):
+            hosts = reachable_addresses() or ["127.0.0.1"]
+        query = f"?token={self.token}" if self.token else ""
+        return [f"http://{f'[{h}]' if ':' in h else h}:{self.port}/{query}" for h in hosts]
 
     def start(self) -> MjpegServer:
         """Start answering requests."""
@@ -303,8 +329,18 @@ class MjpegServer:
         return self
 
     def stats(self) -> dict:
-        """The pipeline's stats plus the viewers'."""
-        return {**self._stats(), **self.viewers.stats()}
+        """The pipeline's stats plus the viewers' and the HTTP side's counts."""
+        with self._server._lock:
+            http = dict(self._server.counts)
+        return {**self._stats(), **self.viewers.stats(), "http": http}
+
+    def metrics(self) -> str | None:
+        """The Prometheus text of /metrics (None: not offered)."""
+        return self._metrics() if self._metrics is not None else None
+
+    def can_adopt(self) -> bool:
+        """True while another viewer may join."""
+        return self.viewers.active < MAX_VIEWERS
 
     def snapshot(self) -> bytes | None:
         """The newest JPEG (for /snapshot.jpg)."""
@@ -327,6 +363,47 @@ class MjpegServer:
             self._server.shutdown()
         self._server.server_close()
         self.pump.close()
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def reachable_addresses() -> list[str]:
+    """This machine's IPv4 addresses other machines may reach (no loopback), from its
+    interfaces; nothing is sent anywhere."""
+    found: list[str] = []
+    for _, name in socket.if_nameindex():
+        with contextlib.suppress(OSError), \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
+                                 struct.pack("256s", name.encode()[:15]))
+            address = socket.inet_ntoa(packed[20:24])
+            if not ipaddress.ip_address(address).is_loopback and address not in found:
+                found.append(address)
+    return found
+
+
+def choose_token(address: tuple[str, int] | None, token: str | None, refuse: bool
+                 ) -> tuple[str | None, str | None]:
+    """(the token to serve with, a warning to show): given, or made up off loopback unless
+    refused; the warning names the addresses this machine is reachable at."""
+    if address is None or token or is_loopback(address[0]):
+        return token, None
+    host = address[0]
+    seen = ", ".join(reachable_addresses()) if host in ("0.0.0.0", "::", "") else host
+    if refuse:
+        return None, (f"serving on {seen or host} without a token (--no-token): anyone on "
+                      "this network may watch and change settings")
+    return secrets.token_urlsafe(12), (
+        f"--serve {host} is reachable from the network ({seen or 'no address found'}); made "
+        "up a token for the page (give --token T to choose one, --no-token for none)")
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

@@ -6,6 +6,9 @@ Drop policies, chosen per sink and counted:
   want the newest frame, not a backlog.
 - ``drop-new`` (recording): a queue of N in order; when it is full the incoming frame is
   dropped, so what is written stays in capture order. On close the queue is drained first.
+
+A sink with a ``write_frame(frame)`` method gets the whole Frame (its capture time: a recording
+keeps real time, the MJPEG parts carry it); others get ``write(image)``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,6 +49,9 @@ class SinkWorker:
         # while no frame comes.
         self._idle = getattr(sink, "idle", None)
         self.idle_interval = idle_interval if self._idle is not None else None
+        self._write: Callable[[Frame], None] = getattr(
+            sink, "write_frame", lambda frame: sink.write(frame.image))
+        self.on_write: Callable[[float], None] | None = None  # seconds each write took
         self.written = 0
         self.dropped = 0
         self.error: BaseException | None = None
@@ -99,8 +106,11 @@ class SinkWorker:
                         self._idle()
                     continue
                 t0 = time.perf_counter()
-                self.sink.write(frame.image)
-                self.write_times.append(time.perf_counter() - t0)
+                self._write(frame)
+                took = time.perf_counter() - t0
+                self.write_times.append(took)
+                if self.on_write is not None:
+                    self.on_write(took)
                 self.latencies.append(time.monotonic() - frame.timestamp)
                 self.written += 1
         except BaseException as exc:  # noqa: BLE001 - kept, reported by the live loop

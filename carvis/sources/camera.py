@@ -19,6 +19,8 @@ from carvis.sources.base import Source
 PICAMERA_HELP = ("on Raspberry Pi OS install it with: sudo apt install -y python3-picamera2, "
                  "and make the venv see it: python3 -m venv --system-site-packages .venv")
 
+MAX_CORRUPT = 10  # broken frames in a row before a camera counts as lost
+
 _ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180,
               270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
@@ -85,35 +87,46 @@ class CameraSource(Source):
                  timeout_ms: int = 5000) -> None:
         self.device = device
         self.settings = settings or CameraSettings()
-        is_url = isinstance(device, str)
-        self.name = device if is_url else f"camera {device}"
+        self.timeout_ms = timeout_ms
+        self.name = device if isinstance(device, str) else f"camera {device}"
+        self.corrupt = 0  # frames the device delivered broken, skipped
+        self._index = 0
+        self._cap, first = self._open()
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else self.settings.fps
+        self._pending: np.ndarray | None = first
+        image = self._orient(first)
+        self.size = (image.shape[1], image.shape[0])
+
+    def _open(self) -> tuple[cv2.VideoCapture, np.ndarray]:
+        """Open the device or URL; (the capture, its first frame)."""
         with _QuietOpenCV():
-            if is_url:
-                cap = cv2.VideoCapture(device, cv2.CAP_FFMPEG,
-                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+            if isinstance(self.device, str):
+                cap = cv2.VideoCapture(self.device, cv2.CAP_FFMPEG,
+                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms,
+                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms])
             else:
-                cap = cv2.VideoCapture(device)
+                cap = cv2.VideoCapture(self.device)
             if not cap.isOpened():
                 cap.release()
                 raise CarvisError(self._failure("cannot be opened"))
-            if not is_url:
+            if not isinstance(self.device, str):
                 if self.settings.size:
                     cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.settings.size[0])
                     cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.settings.size[1])
                 cap.set(cv2.CAP_PROP_FPS, self.settings.fps)
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # a deep driver queue is latency
             ok, first = cap.read()
-        if not ok or first is None:
+        if not ok or not _whole(first):
             cap.release()
             raise CarvisError(self._failure("opened but delivers no frames"))
-        self._cap = cap
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and 0 < fps < 1000 else self.settings.fps
-        self._pending: np.ndarray | None = first
-        self._index = 0
-        image = self._orient(first)
-        self.size = (image.shape[1], image.shape[0])
+        return cap, first
+
+    def reopen(self) -> None:
+        """Release the device and open it again (after it was lost); CarvisError if it is
+        still gone."""
+        self._cap.release()
+        self._cap, self._pending = self._open()
 
     def _failure(self, what: str) -> str:
         if isinstance(self.device, str):
@@ -131,9 +144,15 @@ class CameraSource(Source):
         if self._pending is not None:
             image, self._pending = self._pending, None
         else:
-            ok, image = self._cap.read()
-            if not ok or image is None:
-                return None
+            for _ in range(MAX_CORRUPT):
+                ok, image = self._cap.read()
+                if not ok:
+                    return None
+                if _whole(image):
+                    break
+                self.corrupt += 1  # a broken frame (a shaken connector): the next one
+            else:
+                raise CarvisError(f"{self.name} delivers only broken frames")
         frame = Frame(self._orient(image), self._index, time.monotonic(), self.name)
         self._index += 1
         return frame
@@ -141,6 +160,12 @@ class CameraSource(Source):
     def close(self) -> None:
         """Release the device."""
         self._cap.release()
+
+
+def _whole(image: np.ndarray | None) -> bool:
+    """True for a frame a camera can deliver: a non-empty 8-bit colour image."""
+    return (image is not None and image.ndim == 3 and image.shape[2] == 3 and image.size > 0
+            and image.dtype == np.uint8)
 
 
 class PiCameraSource(Source):
@@ -157,14 +182,24 @@ class PiCameraSource(Source):
         except ImportError as exc:
             raise CarvisError(f"source 'picamera' needs the picamera2 library ({exc}); "
                               f"{PICAMERA_HELP}") from None
+        self._camera_num = camera_num
+        self._camera = self._start(Picamera2, libcamera)
+        self._modules = (Picamera2, libcamera)
+        self.fps = float(s.fps)
+        self._index = 0
+        self._closed = False
+
+    def _start(self, picamera2: type, libcamera: object) -> object:
+        """Open, configure and start the camera."""
+        s = self.settings
         # libcamera flips in hardware; 180 degrees is both flips, 90/270 are done in software.
         half_turn = s.rotate == 180
         self._rotate = s.rotate if s.rotate in (90, 270) else 0
         try:
-            camera = Picamera2(camera_num)
+            camera = picamera2(self._camera_num)
         except (RuntimeError, IndexError, OSError) as exc:
-            raise CarvisError(f"no Raspberry Pi camera {camera_num} found ({exc}); check the "
-                              "ribbon cable and that rpicam-hello --list-cameras lists it"
+            raise CarvisError(f"no Raspberry Pi camera {self._camera_num} found ({exc}); check "
+                              "the ribbon cable and that rpicam-hello --list-cameras lists it"
                               ) from None
         try:
             size = tuple(s.size) if s.size else (1280, 720)
@@ -181,10 +216,16 @@ class PiCameraSource(Source):
             raise CarvisError(f"the Raspberry Pi camera cannot be started at {size[0]}x"
                               f"{size[1]} {s.fps:g} fps ({exc}); try another camera size "
                               "or fps in the profile's camera section") from None
-        self._camera = camera
-        self.fps = float(s.fps)
-        self._index = 0
-        self._closed = False
+        return camera
+
+    def reopen(self) -> None:
+        """Close the camera and start it again (after a picamera2 error)."""
+        try:
+            self._camera.stop()
+            self._camera.close()
+        except Exception:  # noqa: BLE001, S110 - the camera is already broken; start afresh
+            pass
+        self._camera = self._start(*self._modules)
 
     def read(self) -> Frame | None:
         """The next camera frame (BGR, rotated as set), or None once closed."""

@@ -70,6 +70,27 @@ def _number_key(path: Path) -> tuple:
     return (int(numbers[-1]) if numbers else -1, path.name)
 
 
+def read_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """(the image, "") or (None, what is wrong with it); a JPEG cut short (a power cut while
+    the car wrote it) is caught before libjpeg decodes half of it and complains on stderr."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        if not data.startswith(b"\xff\xd8"):
+            return None, "not a JPEG (no start marker)"
+        # EOI (FF D9) ends every whole JPEG; FF in the entropy-coded data is always followed
+        # by 00 or a restart marker, so a cut-off file does not end in one by chance. Some
+        # writers pad the file after it.
+        if b"\xff\xd9" not in data[-64:]:
+            return None, "truncated JPEG (no end marker; written during a power cut?)"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None, "not a readable image"
+    return image, ""
+
+
 class FolderSource(Source):
     """A folder of images, sorted by the number in their names; corrupt ones are skipped."""
 
@@ -98,11 +119,11 @@ class FolderSource(Source):
                 self._pos = 0
             path = self.files[self._pos]
             self._pos += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image, problem = read_image(path)
             if image is None:
                 if str(path) not in self.skipped:
                     self.skipped.append(str(path))
-                    log.warning("skipping %s: not a readable image", path.name)
+                    log.warning("skipping %s: %s", path.name, problem)
                 continue
             frame = Frame(image, self._index, time.monotonic(), path.name)
             self._index += 1
