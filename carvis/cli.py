@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_model_args(r)
 
-    ru = sub.add_parser("run", help="live: camera/stream/file → overlay → window, .avi, browser",
+    ru = sub.add_parser("run", help="live: camera/stream/file → overlay → window, .mkv, browser",
                         description="Live overlay at the camera's frame rate; Ctrl-C stops. "
                         "Display keys: q quit, +/- threshold, c next channel, l next conv "
                         "layer, o overlay on/off, r start/stop recording, s snapshot PNG.")
@@ -224,6 +224,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
         renderer = _steering_renderer(args, session, profile, source)
+        if not args.quiet:
+            print(f"carvis: {session.describe(renderer.layer_name)}", file=sys.stderr)
         total = source.frame_count
         if total is not None:
             total = max(0, min(total, end if end is not None else total) - start)
@@ -249,13 +251,21 @@ def cmd_render(args: argparse.Namespace) -> int:
             bar.close()
         skipped = getattr(source, "skipped", [])
         if skipped:
-            print(f"carvis: warning: skipped {len(skipped)} unreadable image(s)",
-                  file=sys.stderr)
+            names = ", ".join(Path(str(p)).name for p in skipped[:5])
+            print(f"carvis: warning: skipped {_count(len(skipped), 'unreadable image')} "
+                  f"({names}{', ...' if len(skipped) > 5 else ''}); the output has one frame "
+                  "per image read, numbered in order without them", file=sys.stderr)
         if not args.quiet:
-            print(f"carvis: {written} frames written to {args.output}", file=sys.stderr)
+            print(f"carvis: {_count(written, 'frame')} written to {args.output}",
+                  file=sys.stderr)
         if renderer.log.rows:
             print(f"carvis: {renderer.log.summary()}", file=sys.stderr)
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 frame', '2 frames'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _steering_renderer(args: argparse.Namespace, session: object, profile: object,

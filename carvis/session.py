@@ -42,6 +42,7 @@ class ModelSession:
         self.num_threads = num_threads
         self.is_tflite = self.path.is_file() and models.is_tflite(self.path)
         self.conversions = 0  # .tflite conversions this session did (0 if all were cached)
+        self.cache_files: list[tuple[Path, bool]] = []  # (cached .tflite, converted just now)
         self._backends: dict[str, Backend] = {}
         self._explainers: dict[tuple, explain.Explainer] = {}
         self._model: Any = None
@@ -175,9 +176,14 @@ class ModelSession:
                                                          self.sha256))
 
         data, converted = conversion_cache.get_or_convert(path, self.sha256, make)
-        self.conversions += converted
+        self._note(converted, path)
         where = self.path.name if converted else f"{self.path.name} (cached {path.name})"
         return LayerBackend(LiteRTModel(data, where, self.num_threads))
+
+    def _note(self, converted: bool, path: Path) -> None:
+        """Count a conversion (or its reuse from the cache) for describe()."""
+        self.conversions += converted
+        self.cache_files.append((path, converted))
 
     def forward(self, names: tuple[str, ...], steering: str) -> LiteRTModel:
         """The layers' outputs and the steering output in one LiteRT model (converted once
@@ -190,7 +196,7 @@ class ModelSession:
             return convert(self.model, outputs, meta)
 
         data, converted = conversion_cache.get_or_convert(path, self.sha256, make)
-        self.conversions += converted
+        self._note(converted, path)
         return LiteRTModel(data, self.path.name, self.num_threads,
                            rename={steering: explain.PREDICTION})
 
@@ -207,6 +213,19 @@ class ModelSession:
             return result
 
         return forward
+
+    def describe(self, layer: str) -> str:
+        """One line: the model, the backend that runs it, the layer, and any conversion."""
+        backend = {"litert": "LiteRT", "tensorflow": "TensorFlow"}.get(self.backend_name,
+                                                                      self.backend_name)
+        line = f"model {self.path.name} on {backend}, layer {layer!r}"
+        made = [str(p) for p, converted in self.cache_files if converted]
+        reused = [str(p) for p, converted in self.cache_files if not converted]
+        if made:
+            line += f"; converted to .tflite once, kept in {', '.join(made)}"
+        if reused:
+            line += f"; using the conversion cached in {', '.join(reused)}"
+        return line
 
     # -- explainers -----------------------------------------------------------------------------
     def explainer(self, mode: str, target: str, layer: str | None,
