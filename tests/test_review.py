@@ -9,7 +9,6 @@ import json
 import os
 import random
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 
@@ -279,22 +278,20 @@ def test_stats_are_the_masks_area_and_balance(recorded):
     assert stats.disagreement(a, b)[0] == pytest.approx(1 - 4 / 12)
 
 
-def test_race_clip_scrubs_within_50ms(race_clip, axionaut_model_path, tmp_path):
+def test_race_clip_scrubs_from_kept_maps_and_frames(race_clip, axionaut_model_path, tmp_path):
+    # How fast: scripts/review_bench.py (p95 of a frame request, side by side with seeking).
     review = Review(str(race_clip), [(axionaut_model_path, prof.load(REPO / "models" /
                                                                      "axionaut.yaml"))],
                     cache=tmp_path)
     server = ReviewServer(review).start()
     try:
         rng = random.Random(0)
-        times = []
-        for n in [rng.randrange(len(review)) for _ in range(80)]:
-            t0 = time.perf_counter()
+        calls = review.model_calls
+        for n in [rng.randrange(len(review)) for _ in range(40)]:
             status, body = _get(f"{server.url}frame.jpg?i={n}")
-            times.append(time.perf_counter() - t0)
             assert status == 200 and body[:2] == b"\xff\xd8"
-        p95 = float(np.percentile(times, 95)) * 1e3
-        print(f"race clip: frame request p50 {np.median(times) * 1e3:.1f} ms, p95 {p95:.1f} ms")
-        assert len(review) == 622 and p95 <= 50.0
+        assert len(review) == 622 and calls == 622
+        assert review.model_calls == calls, "scrubbing never asks the model again"
     finally:
         server.close()
         review.close()
