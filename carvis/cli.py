@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "token (anyone on the network may watch and change settings)")
     ru.add_argument("--quality", type=int, default=80, help="JPEG quality of the stream "
                     "(default 80)")
+    ru.add_argument("--map-fps", type=float, metavar="N", help="at most N maps a second, the "
+                    "newest laid on every frame (spares the car's CPU; default: as fast as the "
+                    "model goes)")
     cam = ru.add_argument_group("camera (override the profile's camera: section)")
     cam.add_argument("--size", metavar="WxH", help="capture size, e.g. 1280x720")
     cam.add_argument("--fps", type=float, help="capture frame rate")
@@ -291,7 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`carvis run`: check everything, open the source, load the model, run until Ctrl-C."""
     import signal
 
-    from carvis import live, pipeline, sources
+    from carvis import live, pipeline, settings, sources
     from carvis.live.console import native_notes
     from carvis.live.recording import check_record_path
     from carvis.session import ModelSession
@@ -318,8 +321,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                           "--serve [HOST:]PORT")
     camera = {"size": _run_size(args.size), "fps": args.fps, "hflip": args.hflip,
               "vflip": args.vflip, "rotate": args.rotate}
+    map_fps = None if args.map_fps is None else settings.check("map_fps", args.map_fps,
+                                                               settings.FLAGS)
     options = live.LiveOptions(display=args.display, record=args.record, serve=address,
-                               token=token, jpeg_quality=args.quality)
+                               token=token, jpeg_quality=args.quality, map_fps=map_fps)
     with native_notes(), \
             sources.open_live_source(args.source, profile, loop=args.loop, **camera) as source:
         session = ModelSession(model_path, backend=args.backend,

@@ -240,6 +240,7 @@ CHECKERS: dict[str, Callable[[Any], Any]] = {
     "camera.hflip": flag,
     "camera.vflip": flag,
     "camera.rotate": rotation,
+    "map_fps": _float(number(0.1, 240)),
 }
 
 

@@ -490,6 +490,8 @@ def main() -> int:
     ap.add_argument("--core", type=int, default=0, help="the core the children run on")
     ap.add_argument("--quality", type=int, default=80, help="the stream's JPEG quality")
     ap.add_argument("--json", help="also write every run's figures to this file")
+    ap.add_argument("--map-fps", type=float, help="pass --map-fps N to carvis run (maps at "
+                    "most N a second, the newest on every frame)")
     ap.add_argument("--tree", default=str(REPO), help="the carvis source tree the children "
                     "import (default: this repo; e.g. a `git archive HEAD` export)")
     args = ap.parse_args()
@@ -501,6 +503,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="car_budget-"))
     try:
         flags, model_line = model_args(args.model, tmp)
+        if args.map_fps:
+            flags = [*flags, "--map-fps", str(args.map_fps)]
+            model_line += f"; carvis run --map-fps {args.map_fps:g}"
         frames, source_line = clip_frames(args.source, args.clip_frames)
         clips = {size: write_clip(frames, size, tmp / f"clip-{size[0]}x{size[1]}.avi")
                  for size in sizes}

@@ -325,3 +325,24 @@ def test_native_library_lines_become_counted_one_line_notes(capfd):
     assert notes.snapshot().get("libjpeg", 0) >= 5
     assert "carvis: python's own line" in err
     assert "Premature end" not in err and "Corrupt JPEG" not in err
+
+
+def test_map_fps_caps_the_maps_not_the_frames(model):
+    source = fakes.StillSource(fakes.test_image(), fps=30)
+    runner = _runner(model, source, live.LiveOptions(serve=("127.0.0.1", 0), map_fps=5.0))
+    runner.start()
+    viewer = fakes.Viewer("127.0.0.1", runner.server.port)
+    try:
+        fakes.wait_until(lambda: runner.model.computed >= 2, what="two maps")
+        frames0, maps0, t0 = viewer.frames, runner.model.computed, time.monotonic()
+        time.sleep(3.0)
+        seconds = time.monotonic() - t0
+        frames, maps = viewer.frames - frames0, runner.model.computed - maps0
+    finally:
+        viewer.close()
+        runner.stop()
+        source.close()
+        runner.join(10)
+    # A fast model would give a map per frame; capped, 5 a second, every frame still sent.
+    assert maps <= 5.0 * seconds + 2, (maps, seconds)
+    assert frames >= 4 * maps, (frames, maps)

@@ -48,6 +48,9 @@ class LiveOptions:
     snapshot_dir: str = "."
     #: Wait for the map of the very frame when the model takes under this share of a frame.
     fast_model: float = 0.5
+    #: At most this many maps a second (None: as many as the model gives); the frames between
+    #: two maps get the newest one, at the cost of an add (CPU for the autopilot beside it).
+    map_fps: float | None = None
 
 
 class LiveRunner:
@@ -166,7 +169,10 @@ class LiveRunner:
         """The frame with the newest map laid on it (this frame's own, for a fast model)."""
         self._seq += 1
         latest = self.model.latest
-        if self.model.offer(self._seq, frame):
+        due = self.options.map_fps is None or \
+            frame.timestamp - self._offered_at >= 1.0 / self.options.map_fps
+        if due and self.model.offer(self._seq, frame):
+            self._offered_at = frame.timestamp
             # A model much faster than the camera: wait for this very frame's map (age 0).
             budget = self.options.fast_model / max(self.source.fps, 1e-3)
             if latest is not None and latest.compute_s < budget:
@@ -183,6 +189,7 @@ class LiveRunner:
         return Frame(image, frame.index, frame.timestamp, frame.name)
 
     _counted: Map | None = None
+    _offered_at: float = float("-inf")  # capture time of the last frame handed to the model
 
     def _placeholder(self, tick: NoSignal) -> Frame:
         """The "no signal" frame, the size of the outputs, on the recording's timeline."""
