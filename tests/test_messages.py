@@ -104,3 +104,46 @@ def test_a_flat_map_is_said_once_with_the_numbers(axionaut_model_path, race_clip
                      "--model", str(axionaut_model_path), "--profile",
                      str(REPO / "models" / "axionaut.yaml"), "--max-frames", "12", "--quiet")
     assert code == 0 and not [ln for ln in err if "is flat" in ln], err
+
+
+def test_server_header_and_stats_latency_say_what_they_are():
+    import json
+    import urllib.request
+
+    from carvis import __version__
+    from carvis.sinks.mjpeg import MjpegServer
+
+    class Controls:
+        def settings(self):
+            return {}
+
+        def change(self, changes):
+            return {}
+
+    stats = {"latency_ms": {"from": "capture", "to": "JPEG-encoded for the stream"}}
+    server = MjpegServer("127.0.0.1", 0, Controls(), stats=lambda: stats).start()
+    try:
+        with urllib.request.urlopen(server.url + "stats", timeout=5) as resp:
+            assert resp.headers["Server"] == f"carvis/{__version__}"
+            assert json.load(resp)["latency_ms"]["from"] == "capture"
+    finally:
+        server.close()
+
+
+def test_live_stats_latency_runs_from_capture_to_the_sink():
+    from carvis.live.stats import LATENCY_TO
+
+    assert LATENCY_TO["mjpeg"] == "JPEG-encoded for the stream"
+    readme = (REPO / "README.md").read_text()
+    assert "latency p50/p99 capture→JPEG-encoded" in readme
+
+
+def test_picamera2_abi_mismatch_is_one_line_with_the_fix():
+    from carvis.sources.camera import picamera_import_error
+
+    line = picamera_import_error(ValueError("numpy.dtype size changed, may indicate binary "
+                                            "incompatibility. Expected 96 from C header, got 88"))
+    assert "\n" not in line and line.startswith("picamera2 cannot be imported (numpy.dtype size")
+    assert "uninstall -y numpy" in line and "constraints/pi-" in line
+    missing = picamera_import_error(ImportError("No module named 'picamera2'"))
+    assert "sudo apt install -y python3-picamera2" in missing

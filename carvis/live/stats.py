@@ -60,6 +60,11 @@ def map_stats(age: tuple[int, float] | None, model: MapThread) -> dict[str, Any]
             "compute_ms": round(latest.compute_s * 1e3, 2) if latest else None}
 
 
+#: Where a frame's latency ends, by the sink it is measured at (its worker's write done).
+LATENCY_TO = {"mjpeg": "JPEG-encoded for the stream", "display": "shown in the window",
+              "record": "written to the recording"}
+
+
 def live_stats(meter: LoopMeter, capture: CaptureThread, sinks: dict[str, dict[str, Any]], *,
                source: str, running: bool, recording: bool, encoded: int) -> dict[str, Any]:
     """Counts, rates, per-stage times and latency, JSON-ready; sinks are their stats()."""
@@ -78,7 +83,7 @@ def live_stats(meter: LoopMeter, capture: CaptureThread, sinks: dict[str, dict[s
                    "encoded": encoded},
         "stages_ms": {k: _round(v) for k, v in stages.items()},
         "loop_ms": _round(percentile_ms(meter.loop_times, 50)),
-        "latency_ms": {"from": latency_from, "to": latency_from and "written",
+        "latency_ms": {"from": "capture", "to": LATENCY_TO.get(latency_from),
                        "p50": latency.get("latency_p50_ms"),
                        "p99": latency.get("latency_p99_ms")},
         "drops": {"capture": capture.dropped,

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from carvis import __version__
 from carvis.errors import CarvisError
 
 BOUNDARY = b"carvisframe"
@@ -156,6 +157,10 @@ class Handler(BaseHTTPRequestHandler):
     server: Server
     server_version = "carvis"
     sys_version = ""
+
+    def version_string(self) -> str:
+        """The Server header: carvis/VERSION (http.server would add a space and Python's)."""
+        return f"carvis/{__version__}"
     timeout = HEADER_TIMEOUT  # per read; the server's deadline bounds the whole request
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,22 @@ from carvis.sources.base import Source
 
 PICAMERA_HELP = ("on Raspberry Pi OS install it with: sudo apt install -y python3-picamera2, "
                  "and make the venv see it: python3 -m venv --system-site-packages .venv")
+
+
+
+def picamera_import_error(exc: Exception) -> str:
+    """One line for picamera2 failing to import: not installed, or built against another numpy
+    ABI than the venv's ("numpy.dtype size changed", picamera2 #1088, #1211)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ValueError) or "numpy" in str(exc).lower() or "_ARRAY_API" in str(exc):
+        pip = Path(sys.prefix) / "bin" / "pip"
+        own = "" if np.__file__.startswith("/usr/lib/python3/") else " (this venv's own)"
+        return (f"picamera2 cannot be imported ({text}): numpy {np.__version__}{own} is not the "
+                f"system numpy picamera2 was built against; fix it (in the carvis folder) with: "
+                f"{pip} uninstall -y numpy && {pip} install -e '.[litert]' -c "
+                "constraints/pi-$(. /etc/os-release && echo $VERSION_CODENAME).txt")
+    return f"source 'picamera' needs the picamera2 library ({text}); {PICAMERA_HELP}"
+
 
 MAX_CORRUPT = 10  # broken frames in a row before a camera counts as lost
 
@@ -177,11 +196,11 @@ class PiCameraSource(Source):
         self.settings = s = settings or CameraSettings()
         self.name = f"picamera {camera_num}"
         try:
-            import libcamera
-            from picamera2 import Picamera2
-        except ImportError as exc:
-            raise CarvisError(f"source 'picamera' needs the picamera2 library ({exc}); "
-                              f"{PICAMERA_HELP}") from None
+            with contextlib.redirect_stderr(io.StringIO()):  # numpy 2's own multi-line banner
+                import libcamera
+                from picamera2 import Picamera2
+        except (ImportError, ValueError) as exc:
+            raise CarvisError(picamera_import_error(exc)) from None
         self._camera_num = camera_num
         self._camera = self._start(Picamera2, libcamera)
         self._modules = (Picamera2, libcamera)
