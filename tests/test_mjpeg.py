@@ -182,7 +182,8 @@ def test_stats_report_rates_stages_latency_drops_and_viewers(served):
     assert status == 200
     assert stats["fps_in"] > 0 and stats["fps_out"] > 0
     assert set(stats["stages_ms"]) >= {"capture", "preprocess", "model", "overlay", "encode"}
-    assert stats["latency_ms"]["from"] == "mjpeg"
+    assert stats["latency_ms"]["from"] == "capture"  # capture → the stream's JPEG encode
+    assert stats["latency_ms"]["to"] == "JPEG-encoded for the stream"
     assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p99"]
     assert set(stats["drops"]) == {"capture", "mjpeg"}
     assert stats["viewers"] == 1
