@@ -58,10 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render a video, folder or synthetic clip with the overlay",
                        description="Every input frame becomes one output frame, in order.")
-    r.add_argument("source", help="video file, folder of images, DonkeyCar tub, or "
-                   "synthetic[:seed=S,frames=N]")
+    r.add_argument("source", nargs="+", help="video file, folder of images, DonkeyCar tub, "
+                   "or synthetic[:seed=S,frames=N]; several: each to its own file in -o OUTDIR")
     r.add_argument("-o", "--output", required=True,
                    help="OUT.avi (MJPG at the source's fps) or a folder for numbered PNGs")
+    r.add_argument("--jobs", "-j", type=int, metavar="N", help="several sources: N at a time "
+                   "in processes (default: one per core)")
+    r.add_argument("--format", choices=("mp4", "mkv", "avi", "png"), help="several sources: "
+                   "what each output is (default mp4; png: a folder of frames)")
     r.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--start", help="first frame: an index (120) or a time (12.5s, 1:05)")
@@ -95,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--map-fps", type=float, metavar="N", help="at most N maps a second, the "
                     "newest laid on every frame (spares the car's CPU; default: as fast as the "
                     "model goes)")
+    ru.add_argument("--publish", metavar="URL", help="send the overlay as H.264 to a relay "
+                    "that serves the viewers: rtmp://HOST/APP/KEY, rtsp://HOST/PATH, srt://…")
+    ru.add_argument("--bitrate", default="2M", help="of --publish, bits/s (default 2M)")
     cam = ru.add_argument_group("camera (override the profile's camera: section)")
     cam.add_argument("--size", metavar="WxH", help="capture size, e.g. 1280x720")
     cam.add_argument("--fps", type=float, help="capture frame rate")
@@ -215,6 +222,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from carvis.session import ModelSession
     from carvis.sinks.outputs import open_file_sink
 
+    if len(args.source) > 1 or args.jobs is not None or args.format is not None:
+        return _render_batch(args)
+    args.source = args.source[0]
     profile, model_path = resolve_profile(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
@@ -275,19 +285,59 @@ def _steering_renderer(args: argparse.Namespace, session: object, profile: objec
                        source: object) -> object:
     """The Renderer; on a tub (or with --plot) its HUD shows the recorded steering beside the
     model's unless --no-hud, and --plot charts both."""
-    from carvis import hud, pipeline
+    from carvis.batch import steering_renderer
 
-    if args.plot and args.hud is False:
-        raise CarvisError("--plot charts the HUD's steering; drop --no-hud")
-    chart = hud.StripChart(args.plot_seconds, source.fps) if args.plot else None
-    tub = args.hud is None and bool(args.plot or getattr(source, "records", None))
+    return steering_renderer(session, profile, source, plot=args.plot,
+                             plot_seconds=args.plot_seconds, hud_on=args.hud)
+
+
+def _render_batch(args: argparse.Namespace) -> int:
+    """`carvis render A B … -o OUTDIR`: each to its own file; the exit status: how many failed."""
+    import time
+
+    from tqdm import tqdm
+
+    from carvis import batch
+
+    profile, model_path = resolve_profile(args)
+    jobs = batch.plan(args.source, args.output, args.format or "mp4")
+    workers = args.jobs or batch.default_jobs()
+    settings = batch.RenderSettings(profile, model_path, args.backend, args.lambda_policy,
+                                    args.fps, args.start, args.end, args.max_frames, args.plot,
+                                    args.plot_seconds, args.hud)
+    bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True,
+               desc=f"0/{len(jobs)} files")
+    failed: list[str] = []
+    finished: list[batch.Outcome] = []
+
+    def progress(_number: int, kind: str, value: int | None) -> None:
+        if kind == "start":
+            bar.total += value or 0
+            bar.refresh()
+        else:
+            bar.update(value)
+
+    def done(o: batch.Outcome) -> None:
+        finished.append(o)
+        bar.set_description(f"{len(finished)}/{len(jobs)} files")
+        if o.error:
+            failed.append(o.job.source)
+            tqdm.write(f"carvis: error: {o.job.source}: {o.error}", file=sys.stderr)
+        elif not args.quiet:
+            notes = "".join(f"; {n}" for n in o.notes)
+            tqdm.write(f"carvis: {o.job.source} -> {o.job.output}: {o.frames} frames in "
+                       f"{o.seconds:.1f} s{notes}", file=sys.stderr)
+
+    t0 = time.perf_counter()
     try:
-        return pipeline.Renderer(session, profile.replace(hud=True) if tub else profile, chart=chart)
-    except CarvisError as exc:  # a tub, and a model without a steering output for the HUD
-        if not tub or args.plot:
-            raise
-        print(f"carvis: note: no steering HUD ({exc})", file=sys.stderr)
-        return pipeline.Renderer(session, profile, chart=chart)
+        batch.run(jobs, settings, workers, progress, done)
+    finally:
+        bar.close()
+    gone = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""
+    print(f"carvis: {len(jobs) - len(failed)} of {len(jobs)} rendered to {args.output} in "
+          f"{time.perf_counter() - t0:.1f} s, {min(workers, len(jobs))} at a time{gone}",
+          file=sys.stderr)
+    return min(len(failed), 100)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -316,15 +366,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_screen()
     if args.record:
         check_record_path(args.record)  # before the camera opens
-    if not (args.display or args.record or address):
-        raise CarvisError("nowhere to send frames; add --display, --record OUT.mkv and/or "
-                          "--serve [HOST:]PORT")
+    publish = _run_publish(args)
+    if not (args.display or args.record or address or publish):
+        raise CarvisError("nowhere to send frames; add --display, --record OUT.mkv, "
+                          "--serve [HOST:]PORT and/or --publish URL")
     camera = {"size": _run_size(args.size), "fps": args.fps, "hflip": args.hflip,
               "vflip": args.vflip, "rotate": args.rotate}
     map_fps = None if args.map_fps is None else settings.check("map_fps", args.map_fps,
                                                                settings.FLAGS)
     options = live.LiveOptions(display=args.display, record=args.record, serve=address,
-                               token=token, jpeg_quality=args.quality, map_fps=map_fps)
+                               token=token, jpeg_quality=args.quality, map_fps=map_fps,
+                               **publish)
     with native_notes(), \
             sources.open_live_source(args.source, profile, loop=args.loop, **camera) as source:
         session = ModelSession(model_path, backend=args.backend,
@@ -346,6 +398,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             where.append(f"page {' or '.join(runner.server.urls())}")
         if args.display:
             where.append("window")
+        if "publish" in runner.sinks:
+            where.append(f"publish {runner.sinks['publish'].sink.name}")
         print(f"carvis: running {' -> '.join(where[:1])} -> {', '.join(where[1:]) or 'record'}"
               " (Ctrl-C stops)", file=sys.stderr, flush=True)
         try:
@@ -357,6 +411,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in runner.recorder.failures:  # the run went on; the exit status says it
             print(f"carvis: error: {line}", file=sys.stderr, flush=True)
     return 1 if runner.recorder.failures else 0
+
+
+def _run_publish(args: argparse.Namespace) -> dict:
+    """--publish URL and --bitrate, checked: the LiveOptions they set ({} without --publish)."""
+    from carvis.sinks.publish import check_url, parse_bitrate
+
+    if not args.publish:
+        return {}
+    return {"publish": check_url(args.publish), "bitrate": parse_bitrate(args.bitrate)}
 
 
 def _run_token(address: tuple[str, int] | None, token: str | None, no_token: bool

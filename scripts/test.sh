@@ -6,11 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools the tests drive for real: headless Chromium + its driver (the web page),
-# ffmpeg/ffprobe (reading the MJPEG stream and the .avi files).
+# ffmpeg/ffprobe (reading the MJPEG stream and the .avi files), nginx with its RTMP module (the
+# relay tests/test_publish.py publishes to).
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -46,6 +46,8 @@ class LiveOptions:
     send_timeout: float = 5.0
     record_queue: int = 16
     snapshot_dir: str = "."
+    publish: str | None = None  # an rtmp://, rtsp:// or srt:// relay for one H.264 stream
+    bitrate: int = 2_000_000
     #: Wait for the map of the very frame when the model takes under this share of a frame.
     fast_model: float = 0.5
     #: At most this many maps a second (None: as many as the model gives); the frames between
@@ -117,6 +119,11 @@ class LiveRunner:
                                           metrics=self.metrics)
                 self.encoder = JpegEncoder(self.server.broadcast, opts.jpeg_quality)
                 self.sinks["mjpeg"] = SinkWorker(self.encoder, "mjpeg")
+            if opts.publish:
+                from carvis.sinks.publish import Publisher, PublishWorker
+
+                self.sinks["publish"] = PublishWorker(
+                    Publisher(opts.publish, self.source.fps, opts.bitrate))
             for name, worker in self.sinks.items():
                 worker.on_write = self.hists.setdefault(name, metrics.Histogram()).observe
             if opts.record:

@@ -34,13 +34,20 @@ CONTAINERS: dict[str, tuple[str, dict[str, str]]] = {
 PYAV_HELP = "install it with: pip install av"
 
 
-def _import_av() -> Any:
-    """PyAV, imported only when a video file is written (it carries its own FFmpeg)."""
+def import_av(what: str) -> Any:
+    """PyAV, imported only when H.264 is written (it carries its own FFmpeg)."""
     try:
         import av
     except ImportError as exc:
-        raise CarvisError(f"writing .mp4/.mkv needs PyAV ({exc}); {PYAV_HELP}") from None
+        raise CarvisError(f"{what} needs PyAV ({exc}); {PYAV_HELP}") from None
     return av
+
+
+def check_fps(fps: float | None, where: str) -> float:
+    """The frame rate as a float, or a one-line error naming where it is wrong."""
+    if not fps or not 0 < float(fps) <= 1000:
+        raise CarvisError(f"{where}: frame rate {fps} is not valid; allowed 0 < fps <= 1000")
+    return float(fps)
 
 
 def check_writable_file(path: Path) -> None:
@@ -67,11 +74,55 @@ def frame_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def keyframe_interval(fps: float, seconds: float = KEYFRAME_SECONDS) -> int:
+    """Frames between two keyframes: one every `seconds` at this rate (at least every frame)."""
+    return max(1, round(float(fps) * seconds))
+
+
+class H264Encoder:
+    """libx264 (yuv420p) on a new stream of a container; frames fitted to its size."""
+
+    def __init__(self, av: Any, container: Any, size: tuple[int, int], fps: float,
+                 options: dict[str, str], *, time_base: Fraction | None = None,
+                 name: str = "video") -> None:
+        rate = frame_rate(fps)
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        # pts are counted in this time base: frames (1/rate) or, live, capture-time ms.
+        self.time_base = time_base or 1 / rate
+        stream.time_base = stream.codec_context.time_base = self.time_base
+        stream.options = {"g": str(keyframe_interval(fps)), **options}
+        self._av, self.stream, self.size, self.name = av, stream, size, name
+        self._resized = False
+
+    def encode(self, image: np.ndarray, pts: int) -> list:
+        """The packets the encoder gives back for this frame at pts (in the stream's time base)."""
+        frame = self._av.VideoFrame.from_ndarray(self._fitted(even_size(image)), format="bgr24")
+        frame.pts, frame.time_base = pts, self.time_base
+        return self.stream.encode(frame)
+
+    def flush(self) -> list:
+        """The packets still in the encoder's lookahead."""
+        return self.stream.encode(None)
+
+    def _fitted(self, image: np.ndarray) -> np.ndarray:
+        """The frame at the stream's size: a view change mid-stream is resized, not lost."""
+        size = (image.shape[1], image.shape[0])
+        if size == self.size:
+            return np.ascontiguousarray(image)
+        if not self._resized:
+            self._resized = True
+            log.warning("%s: frame size %dx%d differs from the stream's %dx%d; frames are "
+                        "resized to fit", self.name, *size, *self.size)
+        return cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+
+
 class VideoSink(Sink):
     """H.264 (libx264, yuv420p) in .mp4 (fragmented) or .mkv at the source's fps and a CRF."""
 
     def __init__(self, path: str | Path, fps: float, crf: int = DEFAULT_CRF,
-                 preset: str = "medium") -> None:
+                 preset: str = "medium", threads: int | None = None) -> None:
         self.path = Path(path)
         self.suffix = self.path.suffix.lower()
         if self.suffix not in CONTAINERS:
@@ -80,55 +131,35 @@ class VideoSink(Sink):
         if not 0 <= int(crf) <= 51:
             raise CarvisError(f"video quality (CRF) {crf} is not valid; allowed 0..51 "
                               f"(lower is better and larger; default {DEFAULT_CRF})")
-        if not fps or not 0 < float(fps) <= 1000:
-            raise CarvisError(f"output {str(self.path)!r}: frame rate {fps} is not valid; "
-                              "allowed 0 < fps <= 1000")
-        self.fps = float(fps)
+        self.fps = check_fps(fps, f"output {str(self.path)!r}")
         self.crf = int(crf)
         self.preset = preset
+        self.threads = threads  # the encoder's threads (None: libx264 picks, ~1.5 per core)
         self.frames = 0
         check_writable_file(self.path)
-        self._av = _import_av()
+        self._av = import_av("writing .mp4/.mkv")
         self._container: Any = None
-        self._stream: Any = None
-        self._size: tuple[int, int] | None = None
-        self._resized = False
+        self._encoder: H264Encoder | None = None
 
     def _open(self, size: tuple[int, int]) -> None:
         muxer, options = CONTAINERS[self.suffix]
-        rate = frame_rate(self.fps)
         try:
             container = self._av.open(str(self.path), mode="w", format=muxer, options=options)
         except (OSError, self._av.FFmpegError) as exc:
             raise CarvisError(f"output {str(self.path)!r} cannot be opened for writing "
                               f"({exc}); check the path and the free disk space") from None
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = 1 / rate
-        stream.options = {"crf": str(self.crf), "preset": self.preset,
-                          "g": str(max(1, round(self.fps * KEYFRAME_SECONDS)))}
-        self._container, self._stream, self._size = container, stream, size
+        options = {"crf": str(self.crf), "preset": self.preset}
+        if self.threads:
+            options["threads"] = str(self.threads)
+        self._encoder = H264Encoder(self._av, container, size, self.fps, options,
+                                    name=self.path.name)
+        self._container = container
 
     def write(self, image: np.ndarray) -> None:
-        image = even_size(image)
         if self._container is None:
-            self._open((image.shape[1], image.shape[0]))
-        frame = self._av.VideoFrame.from_ndarray(self._fitted(image), format="bgr24")
-        frame.pts = self.frames
-        self._mux(self._stream.encode(frame))
+            self._open(even_size(image).shape[1::-1])
+        self._mux(self._encoder.encode(image, self.frames))
         self.frames += 1
-
-    def _fitted(self, image: np.ndarray) -> np.ndarray:
-        """The frame at the recording's size: a view change mid-recording is resized, not lost."""
-        size = (image.shape[1], image.shape[0])
-        if size == self._size:
-            return np.ascontiguousarray(image)
-        if not self._resized:
-            self._resized = True
-            log.warning("%s: frame size %dx%d differs from the recording's %dx%d; frames are "
-                        "resized to fit", self.path.name, *size, *self._size)
-        return cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
 
     def _mux(self, packets: list) -> None:
         try:
@@ -142,7 +173,7 @@ class VideoSink(Sink):
         if container is None:
             return
         try:
-            self._mux(self._stream.encode(None))  # the frames still in the encoder's lookahead
+            self._mux(self._encoder.flush())  # the frames still in the encoder's lookahead
         finally:
             self._container = None
             container.close()
