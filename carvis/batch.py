@@ -51,7 +51,7 @@ class Job:
 
 
 @dataclasses.dataclass(frozen=True)
-class RenderSettings:
+class BatchOptions:
     """What every job of a batch is rendered with (picklable: it goes to the workers)."""
 
     profile: Profile
@@ -155,7 +155,7 @@ def _open_sink(path: Path, fps: float, threads: int | None) -> Sink:
     return open_file_sink(path, fps)
 
 
-def render_job(job: Job, settings: RenderSettings, session: ModelSession,
+def render_job(job: Job, settings: BatchOptions, session: ModelSession,
                progress: Callable[[str, int | None], None] | None = None) -> Outcome:
     """Render one source to its output in this process; errors become the outcome's line."""
     t0 = time.perf_counter()
@@ -214,7 +214,7 @@ class _Throttle:
 _worker: dict[str, Any] = {}  # this worker process' settings, session and event queue
 
 
-def _init_worker(settings: RenderSettings, events: Any) -> None:
+def _init_worker(settings: BatchOptions, events: Any) -> None:
     import cv2
 
     cv2.setNumThreads(1)
@@ -222,7 +222,7 @@ def _init_worker(settings: RenderSettings, events: Any) -> None:
 
 
 def _run_in_worker(number: int, job: Job) -> Outcome:
-    settings: RenderSettings = _worker["settings"]
+    settings: BatchOptions = _worker["settings"]
     if _worker["session"] is None:
         _worker["session"] = ModelSession(settings.model, backend=settings.backend,
                                           lambda_policy=settings.lambda_policy)
@@ -231,7 +231,7 @@ def _run_in_worker(number: int, job: Job) -> Outcome:
                       lambda kind, value: events.put((number, kind, value)))
 
 
-def run(jobs: Sequence[Job], settings: RenderSettings, workers: int = 1,
+def run(jobs: Sequence[Job], settings: BatchOptions, workers: int = 1,
         progress: Progress | None = None,
         done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Render every job, `workers` at a time in processes (1: in this one); outcomes in order."""
@@ -254,7 +254,7 @@ def run(jobs: Sequence[Job], settings: RenderSettings, workers: int = 1,
     return _run_pool(jobs, settings, workers, progress, done)
 
 
-def _run_pool(jobs: Sequence[Job], settings: RenderSettings, workers: int,
+def _run_pool(jobs: Sequence[Job], settings: BatchOptions, workers: int,
               progress: Progress | None, done: Callable[[Outcome], None] | None
               ) -> list[Outcome]:
     context = multiprocessing.get_context("spawn")

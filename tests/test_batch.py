@@ -49,7 +49,7 @@ def test_default_jobs_is_the_usable_cores():
 
 def test_in_process_batch_reports_progress_and_a_failure_without_stopping(tmp_path):
     profile = prof.load(REPO / "models" / "default.yaml")
-    settings = batch.RenderSettings(profile, REPO / "models" / "default.tflite")
+    settings = batch.BatchOptions(profile, REPO / "models" / "default.tflite")
     jobs = batch.plan(["synthetic:frames=7", str(tmp_path / "missing.mp4"),
                        "synthetic:frames=5,seed=3"], tmp_path / "out", "avi")
     events: list[tuple[int, str, int | None]] = []

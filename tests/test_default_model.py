@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -50,7 +51,6 @@ def test_default_model_renders_without_tensorflow(tmp_path):
 
 
 def test_default_tflite_is_the_default_model_at_its_layer(capsys):
-    assert cli.main(["layers", str(cli.Path(__file__).parents[1] / "models" / "default.tflite")
-                     ]) == 0
+    assert cli.main(["layers", str(Path(__file__).parents[1] / "models" / "default.tflite")]) == 0
     out = capsys.readouterr().out
     assert "'conv2'" in out and "default.keras" in out

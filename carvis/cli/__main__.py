@@ -1,0 +1,7 @@
+"""python -m carvis.cli"""
+
+import sys
+
+from carvis.cli import main
+
+sys.exit(main())

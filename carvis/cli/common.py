@@ -1,0 +1,96 @@
+"""What several commands share: the model, mode and backend flags, the profile they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from carvis.backends import tensorflow_available
+from carvis.errors import CarvisError
+
+
+def add_backend_args(p: Any, backend: bool = True) -> None:
+    """--backend and --lambda, with their help (every command that loads a model)."""
+    if backend:
+        p.add_argument("--backend", choices=("auto", "tensorflow", "litert"), default="auto",
+                       help="inference backend: auto (LiteRT when installed, converting a Keras "
+                       "model once and caching it; else TensorFlow), tensorflow or litert")
+    p.add_argument("--lambda", dest="lambda_policy", choices=("error", "identity"),
+                   default="error", help="a Lambda layer (Python code carvis will not run): "
+                   "error (say which), or identity (skip it; do its scaling in the profile)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and overlay (override the profile)")
+    g.add_argument("--model", "-m", help="car model: .h5 (Keras 1/2/3), .keras or .tflite "
+                   "(default: the project's own models/default.keras)")
+    g.add_argument("--profile", "-p", help="YAML profile (default: models/default.yaml, or a "
+                   "generic one when --model is given)")
+    g.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N (N-th conv layer)")
+    g.add_argument("--channel", "-c", help="channel index, or mean / max over channels")
+    g.add_argument("--threshold", "-t", type=float, help="mask threshold on the 0..255 map")
+    g.add_argument("--colormap", help="OpenCV colormap name (inferno, jet, turbo, ...)")
+    add_backend_args(g)
+    add_mode_args(p)
+
+
+def add_mode_args(p: argparse.ArgumentParser) -> None:
+    from carvis.settings import MODES, TARGETS
+
+    g = p.add_argument_group("what the map shows (override the profile)")
+    g.add_argument("--mode", choices=MODES, help="activation: the layer's channel (default); "
+                   "vbp: VisualBackProp; gradcam, saliency, guided, guided-gradcam, cam "
+                   "(gradient modes need --backend tensorflow or auto)")
+    g.add_argument("--target", help=f"what the map explains: {', '.join(TARGETS)}, bin:K, "
+                   "layer (mean of --layer) or layer:L (default: predicted)")
+    g.add_argument("--smoothgrad", metavar="N,SIGMA", help="saliency/guided: average N noisy "
+                   "copies, noise SIGMA x the input's value range (e.g. 16,0.15)")
+    g.add_argument("--view", choices=("overlay", "grid"),
+                   help="overlay on the frame, or a grid of all the layer's channels")
+    g.add_argument("--hud", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the model's steering on the frame")
+    g.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                   help="the raw frame and the result side by side")
+
+
+def resolve_profile(args: argparse.Namespace):
+    """The profile and model path the flags ask for, with CLI overrides applied."""
+    from carvis import profile as prof
+
+    if args.profile:
+        p = prof.load(args.profile)
+    elif args.model:
+        p = prof.generic()
+    else:
+        p = prof.load(prof.DEFAULT_PROFILE)
+    changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
+               "colormap": args.colormap}
+    changes.update({key: getattr(args, key, None) for key in
+                    ("mode", "target", "smoothgrad", "view", "hud", "compare")})
+    p = p.replace(**{k: v for k, v in changes.items() if v is not None})  # flags first: cheap
+    model = Path(args.model) if args.model else p.model
+    if model is None:
+        raise CarvisError(f"profile {p.source!r} names no model; pass --model PATH")
+    if not args.model and not args.profile and not tensorflow_available():
+        # A car without TensorFlow (a Pi with LiteRT only) runs the default model's .tflite,
+        # exported at the default profile's layer and committed beside it.
+        model = model.with_suffix(".tflite")
+    return p, model
+
+
+def count(n: int, noun: str) -> str:
+    """'1 frame', '2 frames'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def serve_token(address: tuple[str, int] | None, token: str | None, no_token: bool
+                ) -> str | None:
+    """The token for a served page: given, or made up off loopback unless refused (warned)."""
+    from carvis.sinks.mjpeg import choose_token
+
+    token, warning = choose_token(address, token, no_token)
+    if warning:
+        print(f"carvis: warning: {warning}", file=sys.stderr)
+    return token
