@@ -391,3 +391,25 @@ def _chart_pixels(driver, canvas) -> np.ndarray:
     r = canvas.rect
     x, y, w, h = (round(r[key]) for key in ("x", "y", "width", "height"))
     return shot[y:y + h, x:x + w].astype(np.int16)
+
+
+def test_cli_save_maps_then_redraw_without_the_model(tmp_path, capsys):
+    from carvis import cli
+
+    track, first, again = tmp_path / "t.maps.h5", tmp_path / "a", tmp_path / "b"
+    assert cli.main(["render", "synthetic:frames=12,size=320x240", "-o", str(first),
+                     "--save-maps", str(track), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["render", "synthetic:frames=12,size=320x240", "--maps", str(track),
+                     "-o", str(again), "--quiet"]) == 0
+    assert "12 frames re-drawn" in capsys.readouterr().err
+    a = sorted(first.glob("*.png"))
+    b = sorted(again.glob("*.png"))
+    assert len(a) == len(b) == 12
+    # float16 maps: the same picture but for the rare pixel sitting on the threshold
+    diff = [np.mean(cv2.imread(str(x)) != cv2.imread(str(y))) for x, y in zip(a, b)]
+    assert max(diff) < 0.01, diff
+    code = cli.main(["render", "synthetic:frames=8,size=320x240", "--maps", str(track),
+                     "-o", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "made from a source of 12 frames" in err[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ def add_parser(sub: Any) -> None:
                    "predicted angle below the frame (turns the HUD on)")
     r.add_argument("--plot-seconds", type=float, default=5.0, metavar="S",
                    help="how many seconds the strip chart shows (default 5)")
+    r.add_argument("--save-maps", metavar="TRACK", help="also keep every frame's raw map and "
+                   "prediction in TRACK (.h5): re-render later without the model")
+    r.add_argument("--maps", metavar="TRACK", help="re-render from a map track, no model: "
+                   "threshold, colormap, normalisation and view from the flags / --profile")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_model_args(r)
 
@@ -45,6 +50,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if len(args.source) > 1 or args.jobs is not None or args.format is not None:
         return _render_batch(args)
     args.source = args.source[0]
+    if args.maps:
+        return _render_from_track(args)
     profile, model_path = resolve_profile(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
@@ -57,6 +64,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
         renderer = _steering_renderer(args, session, profile, source)
+        recorder = None
+        if args.save_maps:
+            from carvis.review.track import Recorder
+
+            recorder = renderer = Recorder(renderer, args.save_maps, source)
         if not args.quiet:
             print(f"carvis: {session.describe(renderer.layer_name)}", file=sys.stderr)
         total = source.frame_count
@@ -73,7 +85,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                    desc=Path(args.output).name)
         written = 0
         try:
-            with sink:
+            with sink, recorder or contextlib.nullcontext():
                 written = pipeline.render(frames, renderer, sink, progress=bar.update)
         except KeyboardInterrupt:
             bar.close()
@@ -93,6 +105,32 @@ def cmd_render(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if renderer.log.rows:
             print(f"carvis: {renderer.log.summary()}", file=sys.stderr)
+    return 0
+
+
+def _render_from_track(args: argparse.Namespace) -> int:
+    """`carvis render SOURCE --maps TRACK -o OUT`: the track's maps re-drawn, no model."""
+    from tqdm import tqdm
+
+    from carvis import profile as prof
+    from carvis import sources
+    from carvis.review.compose import rerender
+    from carvis.sinks.outputs import open_file_sink
+
+    flags = {k: getattr(args, k, None) for k in ("threshold", "colormap", "view", "hud",
+                                                   "compare")}
+    with sources.open_source(args.source, fps=args.fps) as source, \
+            open_file_sink(args.output, source.fps) as sink:
+        bar = tqdm(total=source.frame_count, unit="frame", disable=args.quiet,
+                   desc=Path(args.output).name)
+        try:
+            written = rerender(source, args.maps, sink,
+                               prof.load(args.profile) if args.profile else None, flags,
+                               model=args.model, progress=bar.update)
+        finally:
+            bar.close()
+    print(f"carvis: {count(written, 'frame')} re-drawn from {args.maps} to {args.output} "
+          "(no model)", file=sys.stderr)
     return 0
 
 
