@@ -4,6 +4,7 @@ image file, or a frame of a video, tub or folder: `carvis inspect MODEL TUB --fr
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,8 @@ from carvis.errors import CarvisError
 from carvis.preprocess import Preprocessor
 from carvis.profile import Profile
 from carvis.session import ModelSession
+
+log = logging.getLogger("carvis")
 
 
 def read_frame(path: str | Path) -> np.ndarray:
@@ -69,6 +72,9 @@ def inspect_frame(session: ModelSession, frame: np.ndarray, profile: Profile,
     shape = ", ".join(str(d) for d in act.shape)
     parts = [views.feature_grid(act, profile.colormap,
                                 title=f"{backend.layer_name} ({shape})")]
+    if filters and session.is_tflite:
+        log.info("no filters below the grid: a .tflite keeps its first layer's kernels in its "
+                 "own graph, not as Keras weights; give the .h5/.keras model to see them")
     if filters and not session.is_tflite:
         from carvis import models
 
@@ -81,12 +87,18 @@ def inspect_frame(session: ModelSession, frame: np.ndarray, profile: Profile,
     return stack(parts)
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an image file (PNG or JPEG by its extension), or one line saying why not."""
+def check_output(path: str | Path) -> Path:
+    """The picture's path, refused in one line before any model is loaded if it cannot be."""
     p = Path(path)
     if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise CarvisError(f"output {str(p)!r} must end in .png or .jpg")
     if not p.resolve().parent.is_dir():
         raise CarvisError(f"output {str(p)!r}: folder does not exist; create it first")
+    return p
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an image file (PNG or JPEG by its extension), or one line saying why not."""
+    p = check_output(path)
     if not cv2.imwrite(str(p), image):
         raise CarvisError(f"output {str(p)!r}: OpenCV could not write it; check the path")

@@ -147,3 +147,37 @@ def test_picamera2_abi_mismatch_is_one_line_with_the_fix():
     assert "uninstall -y numpy" in line and "constraints/pi-" in line
     missing = picamera_import_error(ImportError("No module named 'picamera2'"))
     assert "sudo apt install -y python3-picamera2" in missing
+
+
+def test_inspect_refuses_a_bad_output_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    from carvis import session
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before -o was checked")
+
+    monkeypatch.setattr(session.ModelSession, "__init__", no_model)
+    code, err = _run(capsys, "inspect", str(REPO / "models" / "default.keras"),
+                     str(REPO / "models" / "default.yaml"), "-o", str(tmp_path / "grid.gif"))
+    assert code == 2 and err == [(f"carvis: error: output '{tmp_path / 'grid.gif'}' must end in "
+                                 ".png or .jpg")]
+
+
+def test_inspect_on_a_tflite_says_why_there_are_no_filters(axionaut_frames, tmp_path, capsys):
+    frame = min(axionaut_frames.glob("*.jpg"))
+    code, err = _run(capsys, "inspect", str(REPO / "models" / "default.tflite"), str(frame),
+                     "-o", str(tmp_path / "g.png"))
+    assert code == 0 and err[0].startswith("carvis: no filters below the grid: a .tflite")
+
+
+def test_run_fps_on_a_file_source_is_said_not_ignored(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "carvis.cli", "run", "--source", "synthetic:frames=15",
+           "--fps", "10", "--size", "320x240", "--record", str(tmp_path / "r.mkv"),
+           "--model", str(REPO / "models" / "default.tflite"), "--profile",
+           str(REPO / "models" / "default.yaml")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert ("carvis: warning: --size/--fps set a camera; synthetic:0 plays at its own size and "
+            "30 fps") in r.stderr.splitlines()

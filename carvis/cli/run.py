@@ -86,6 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                **publish)
     with native_notes(), \
             sources.open_live_source(args.source, profile, loop=args.loop, **camera) as source:
+        if not source.live and (args.size or args.fps is not None):
+            print(f"carvis: warning: --size/--fps set a camera; {source.name} plays at its own "
+                  f"size and {source.fps:g} fps", file=sys.stderr)
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
         runner = live.LiveRunner(source, pipeline.Renderer(session, profile), options)

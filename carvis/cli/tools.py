@@ -91,6 +91,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from carvis import profile as prof
     from carvis.session import ModelSession
 
+    inspection.check_output(args.output)  # before the model's seconds of loading
     p = prof.load(args.profile) if args.profile else prof.generic()
     p = p.replace(layer=args.layer, colormap=args.colormap)
     frame = inspection.load_frame(args.frame, args.position)
