@@ -181,3 +181,61 @@ def test_run_fps_on_a_file_source_is_said_not_ignored(tmp_path):
     assert r.returncode == 0, r.stderr
     assert ("carvis: warning: --size/--fps set a camera; synthetic:0 plays at its own size and "
             "30 fps") in r.stderr.splitlines()
+
+
+def test_one_frame_is_one_frame(tmp_path, capsys):
+    code, err = _run(capsys, "render", "synthetic:frames=1,size=320x240", "-o",
+                     str(tmp_path / "one.avi"))
+    assert code == 0 and f"carvis: 1 frame written to {tmp_path / 'one.avi'}" in err
+
+
+def test_skipped_images_are_named_and_the_numbering_said(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for n in range(3):
+        cv2.imwrite(str(folder / f"f{n}.png"), np.full((48, 64, 3), 60 * n, np.uint8))
+    (folder / "f1.png").write_bytes(b"not an image")
+    code, err = _run(capsys, "render", str(folder), "-o", str(tmp_path / "out"), "--quiet")
+    assert code == 0
+    assert ("carvis: warning: skipped 1 unreadable image (f1.png); the output has one frame per "
+            "image read, numbered in order without them") in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_start_up_line_says_which_backend_ran_and_the_conversion(axionaut_model_path, tmp_path,
+                                                                 capsys, monkeypatch):
+    monkeypatch.setenv("CARVIS_CACHE", str(tmp_path / "cache"))
+    base = ["render", "synthetic:frames=1", "-o", str(tmp_path / "o.avi"), "--model",
+            str(axionaut_model_path), "--layer", "conv:1"]
+    lines = []
+    for extra in (["--backend", "litert"], ["--backend", "litert"], ["--backend", "tensorflow"]):
+        code, err = _run(capsys, *base, *extra)
+        assert code == 0, err
+        lines.append(next(ln for ln in err if ln.startswith("carvis: model ")))
+    made, reused, tf = lines
+    assert made.startswith("carvis: model autopilot.hdf5 on LiteRT, layer 'convolution2d_1'; "
+                           f"converted to .tflite once, kept in {tmp_path / 'cache'}")
+    assert reused.startswith("carvis: model autopilot.hdf5 on LiteRT, layer 'convolution2d_1'; "
+                             f"using the conversion cached in {tmp_path / 'cache'}")
+    assert tf == "carvis: model autopilot.hdf5 on TensorFlow, layer 'convolution2d_1'"
+    code, err = _run(capsys, "render", "synthetic:frames=1", "-o", str(tmp_path / "t.avi"),
+                     "--model", str(REPO / "models" / "default.tflite"), "--profile",
+                     str(REPO / "models" / "default.yaml"))
+    assert "carvis: model default.tflite on LiteRT, layer 'conv2'" in err
+    code, err = _run(capsys, *base, "--quiet")
+    assert not [ln for ln in err if ln.startswith("carvis: model ")]
+
+
+def test_a_mode_on_a_one_layer_tflite_does_not_talk_of_the_hud(axionaut_model_path, tmp_path,
+                                                                capsys):
+    one = tmp_path / "pool2.tflite"
+    assert _run(capsys, "export", str(axionaut_model_path), "--layer", "maxpooling2d_2", "-o",
+                str(one))[0] == 0
+    for mode in ("vbp", "gradcam"):
+        code, err = _run(capsys, "render", "synthetic:frames=1", "-o", str(tmp_path / "o.avi"),
+                         "--model", str(one), "--layer", "maxpooling2d_2", "--mode", mode)
+        assert code == 2 and len(err) == 1 and f"mode '{mode}' needs" in err[0], err
+        assert "HUD" not in err[0]
