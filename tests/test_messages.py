@@ -239,3 +239,17 @@ def test_a_mode_on_a_one_layer_tflite_does_not_talk_of_the_hud(axionaut_model_pa
                          "--model", str(one), "--layer", "maxpooling2d_2", "--mode", mode)
         assert code == 2 and len(err) == 1 and f"mode '{mode}' needs" in err[0], err
         assert "HUD" not in err[0]
+
+
+def test_a_corrupt_video_is_one_line_without_ffmpegs_own(tmp_path):
+    import subprocess
+    import sys
+
+    junk = tmp_path / "race.mp4"
+    junk.write_bytes(b"not a video at all")
+    r = subprocess.run([sys.executable, "-m", "carvis.cli", "render", str(junk), "-o",
+                        str(tmp_path / "o.mp4"), "--quiet"], capture_output=True, text=True,
+                       timeout=120, check=False)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"carvis: error: source '{junk}' cannot be read as a video")

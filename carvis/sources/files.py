@@ -13,6 +13,7 @@ import numpy as np
 from carvis.errors import CarvisError
 from carvis.frame import Frame
 from carvis.sources.base import Source
+from carvis.tfquiet import held_stderr
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -29,8 +30,11 @@ class VideoFileSource(Source):
         if not Path(self.path).is_file():
             raise CarvisError(f"source {self.path!r} not found; give a video file, a folder "
                               "of images, a camera index or 'synthetic'")
-        self._cap = cv2.VideoCapture(self.path)
-        ok, first = (self._cap.read() if self._cap.isOpened() else (False, None))
+        with held_stderr() as said:  # FFmpeg's own "moov atom not found" and the like
+            self._cap = cv2.VideoCapture(self.path)
+            ok, first = (self._cap.read() if self._cap.isOpened() else (False, None))
+        for line in said:
+            log.debug("%s: %s", self.name, line)
         if not ok or first is None:
             self._cap.release()
             raise CarvisError(f"source {self.path!r} cannot be read as a video "
