@@ -197,8 +197,9 @@ class Renderer:
                                       smooth)
 
     # -- per frame ------------------------------------------------------------------------------
-    def compute(self, image: np.ndarray) -> MapResult:
-        """The map of a frame (preprocess → model → normalise); the frame is only read."""
+    def compute(self, image: np.ndarray, keep: bool = True) -> MapResult:
+        """The map of a frame (preprocess → model → normalise); the frame is only read.
+        keep=False: the map is laid at once, before the next compute (no copies)."""
         t0 = time.perf_counter()
         batch = self.preprocess(self.preprocess.roi(image))
         t1 = time.perf_counter()
@@ -210,12 +211,14 @@ class Renderer:
         t2 = time.perf_counter()
         self.times.add("preprocess", t1 - t0)
         self.times.add("model", t2 - t1)
-        # Copies: the normaliser and the backends reuse their buffers, and a live map is laid
-        # on later frames while the next one is computed.
+        # Copies (keep): the normaliser and the backends reuse their buffers, and a live map is
+        # laid on later frames while the next one is computed.
+        if keep:
+            norm, act = norm.copy(), None if act is None else act.copy()
         softmax = self.explainer is not None and self.explainer.head.softmax
         self.steering = None if self.prediction is None else pilot.read_explanation(
             self.explanation, self.explainer.head, getattr(self.explainer, "other_outputs", ()))
-        return MapResult(norm.copy(), None if act is None else act.copy(),
+        return MapResult(norm, act,
                          None if self.prediction is None else np.array(self.prediction),
                          softmax, self.backend.layer_name, self.steering)
 
@@ -242,7 +245,7 @@ class Renderer:
     def process(self, image: np.ndarray, record: dict[str, Any] | None = None) -> np.ndarray:
         """One frame offline: its own map, laid on it (compute, then compose); a tub record's
         steering goes on the HUD beside the model's."""
-        return self.compose(image, self.compute(image), record)
+        return self.compose(image, self.compute(image, keep=False), record)
 
     def process_frame(self, frame: Frame) -> np.ndarray:
         """process() for a source's frame, its recorded and predicted angle logged."""
