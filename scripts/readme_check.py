@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="only list the blocks")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per block")
     args = parser.parse_args()
+    # The blocks get Ctrl-C as from a terminal even when this runs in the background (where
+    # SIGINT comes in ignored, and a server block would never stop).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     found = blocks(REPO / "README.md")
     if args.list:
         for b in found:

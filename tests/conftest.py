@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # Converted .tflite files go to a cache of this run's own, never the user's ~/.cache/carvis.
 os.environ.setdefault("CARVIS_CACHE", tempfile.mkdtemp(prefix="carvis-test-cache-"))
+
+# Children must get Ctrl-C as a user's terminal gives it. A run started in the background
+# (nohup, `&` in a script) inherits SIGINT ignored, and so would every carvis the tests start;
+# a handler here makes it "caught", which exec turns back into the default in each child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
