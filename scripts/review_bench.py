@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from carvis import pipeline, sources
 from carvis import profile as prof
+from carvis.frame import Frame
 from carvis.review import compose, frames
 from carvis.review import track as tr
 from carvis.review.app import Review
@@ -61,7 +62,7 @@ class Floor(tr.InOrder):
 
     times = pipeline.StageTimes()
 
-    def process_frame(self, frame: sources.Frame) -> np.ndarray:
+    def process_frame(self, frame: Frame) -> np.ndarray:
         return frame.image
 
 

@@ -17,10 +17,11 @@ from conftest import REPO
 from carvis import overlay as ov
 from carvis import pipeline
 from carvis import profile as prof
+from carvis.frame import Frame
 from carvis.session import ModelSession
 from carvis.sinks import Sink
 from carvis.sinks.files import AviSink
-from carvis.sources import Frame, VideoFileSource
+from carvis.sources import VideoFileSource
 
 PROFILE = REPO / "models" / "axionaut.yaml"
 

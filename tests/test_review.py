@@ -19,6 +19,7 @@ import pytest
 from carvis import pipeline, sources
 from carvis import profile as prof
 from carvis.errors import CarvisError
+from carvis.frame import Frame
 from carvis.review import compose, frames, stats
 from carvis.review import track as tr
 from carvis.review.app import Review
@@ -169,7 +170,7 @@ def test_frames_by_index_cache_and_keyframe_seek(tmp_path):
         decoded = [f.image for f in source]
     writer = frames.CacheWriter(tmp_path / "cache" / "frames.jpg")
     for n, image in enumerate(decoded):
-        writer(sources.Frame(image, n, 0.0))
+        writer(Frame(image, n, 0.0))
     cache = writer.close()
     seeker = frames.SeekingDecoder(clip)
     assert len(cache) == len(seeker) == 75 and len(seeker.keyframes) >= 3

@@ -13,8 +13,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from carvis.errors import CarvisError
-
-# Frame lives in carvis.frame; re-exported here only until every caller imports it from there.
 from carvis.frame import Frame
 from carvis.sources.base import Source
 from carvis.sources.camera import (
@@ -31,7 +29,7 @@ from carvis.sources.tub import TubSource, is_tub, tub_hint
 
 __all__ = [
     "IMAGE_SUFFIXES", "PICAMERA_HELP", "URL_SCHEMES", "CameraSettings", "CameraSource",
-    "FolderSource", "Frame", "PiCameraSource", "Source", "SyntheticSource", "TubSource",
+    "FolderSource", "PiCameraSource", "Source", "SyntheticSource", "TubSource",
     "VideoFileSource",
     "default_live_spec", "frame_at", "frame_position", "open_live_source", "open_source",
     "orient", "parse_synthetic", "running_on_pi", "select_frames",
