@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import json
+import re
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -35,6 +36,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
 
 
 # -- picamera2 / libcamera ------------------------------------------------------------------
+
+def page_url(proc: Any) -> str:
+    """The page address a starting `carvis run --serve` prints (read from its stderr)."""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "carvis: running" in line:
+            break
+    url = re.search(r"page (http://\S+/)", "".join(lines))
+    assert url, "".join(lines)
+    return url[1]
+
 
 def pattern(width: int, height: int, index: int) -> np.ndarray:
     """A BGR test card: blue left half, red right half, a white top-left corner, index in

@@ -116,17 +116,24 @@ def _case(kind: str, path: Path, model: Any, x: np.ndarray, keras3_loads: bool,
 # --------------------------------------------------------------------------- Keras 2 models
 
 
-def donkey(tmp: Path, rng: np.random.Generator) -> tuple[Case, Case]:
-    """DonkeyCar KerasLinear (120×160×3, 5 convs, angle + throttle heads), and its Theano twin."""
+def _donkey_pilot(tmp: Path, rng: np.random.Generator, name: str, angle_units: int,
+                  throttle_units: int, activation: str) -> tuple[Any, Path]:
+    """A DonkeyCar pilot: the shared body, angle and throttle heads; (model, saved .h5)."""
     K = _tf_keras()
     L = K.layers
     img_in, x = _donkey_body(L)
-    angle = L.Dense(1, activation="linear", name="angle_out")(x)
-    throttle = L.Dense(1, activation="linear", name="throttle_out")(x)
+    angle = L.Dense(angle_units, activation=activation, name="angle_out")(x)
+    throttle = L.Dense(throttle_units, activation=activation, name="throttle_out")(x)
     model = K.Model(inputs=[img_in], outputs=[angle, throttle])
     _randomize(model, rng)
-    path = tmp / "donkey.h5"
+    path = tmp / f"{name}.h5"
     _save(model, path)
+    return model, path
+
+
+def donkey(tmp: Path, rng: np.random.Generator) -> tuple[Case, Case]:
+    """DonkeyCar KerasLinear (120×160×3, 5 convs, angle + throttle heads), and its Theano twin."""
+    model, path = _donkey_pilot(tmp, rng, "donkey", 1, 1, "linear")
     x_in = rng.uniform(0.0, 1.0, (2, 120, 160, 3)).astype(np.float32)
     case = _case("donkey", path, model, x_in, keras3_loads=True)
 
@@ -166,16 +173,7 @@ def _donkey_body(L: Any) -> tuple[Any, Any]:
 
 def donkey_categorical(tmp: Path, rng: np.random.Generator) -> Path:
     """DonkeyCar KerasCategorical: the same body, a softmax of 15 angle and 20 throttle bins."""
-    K = _tf_keras()
-    L = K.layers
-    img_in, x = _donkey_body(L)
-    angle = L.Dense(15, activation="softmax", name="angle_out")(x)
-    throttle = L.Dense(20, activation="softmax", name="throttle_out")(x)
-    model = K.Model(inputs=[img_in], outputs=[angle, throttle])
-    _randomize(model, rng)
-    path = tmp / "donkey_categorical.h5"
-    _save(model, path)
-    return path
+    return _donkey_pilot(tmp, rng, "donkey_categorical", 15, 20, "softmax")[1]
 
 
 def gap_pilot(tmp: Path, rng: np.random.Generator) -> Path:

@@ -128,14 +128,7 @@ def _record_child(tmp_path, out, *extra, preexec=None) -> tuple[subprocess.Popen
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             preexec_fn=preexec)  # noqa: PLW1509 - rlimits of the child only
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if "carvis: running" in line:
-            break
-    url = re.search(r"page (http://\S+/)", "".join(lines))
-    assert url, "".join(lines)
-    return proc, url[1]
+    return proc, fakes.page_url(proc)
 
 
 @needs_ffprobe

@@ -425,14 +425,8 @@ def test_ctrl_c_stops_run_cleanly_and_the_recording_is_complete(model, tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     try:
-        lines: list[str] = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "carvis: running" in line:
-                break
-        url = re.search(r"page (http://\S+/)", "".join(lines))
-        assert url, "".join(lines)
-        fakes.wait_until(lambda: fakes.http("GET", url[1] + "stats")[1]["map"]["computed"]
+        url = fakes.page_url(proc)
+        fakes.wait_until(lambda: fakes.http("GET", url + "stats")[1]["map"]["computed"]
                          >= 15, timeout=60, what="15 maps laid on recorded frames")
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
