@@ -35,8 +35,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from carvis import models, pipeline, sources
+from carvis import handoff, models, pipeline, sources
 from carvis.errors import CarvisError
+from carvis.frame import Frame
+from carvis.maps import StageTimes
 from carvis.profile import Profile
 from carvis.session import ModelSession
 from carvis.sinks.files import AviSink
@@ -69,18 +71,21 @@ class CropOnly:
 
     def __init__(self, profile: Profile, crop: tuple[int, int, int, int] | None) -> None:
         self.profile = profile
-        self.times = pipeline.StageTimes()
+        self.times = StageTimes()
         self._crop = crop
 
-    def process(self, image: np.ndarray) -> np.ndarray:
+    def render(self, frame: Frame) -> np.ndarray:
         """The region the carvis render would write, untouched."""
-        out = image
+        out = frame.image
         if self.profile.output == "roi" and self._crop is not None:
             t, b, lft, r = self._crop
-            out = image[t:b, lft:r]
+            out = frame.image[t:b, lft:r]
         if self.profile.output_size is not None:
             out = cv2.resize(out, self.profile.output_size, interpolation=cv2.INTER_AREA)
         return out
+
+    def finish(self) -> None:
+        """Nothing to say at the end."""
 
 
 def _frames(spec: str, n: int | None, fps: float | None) -> tuple[Any, Any]:
@@ -114,7 +119,8 @@ def run_pipeline(method: str, spec: str, n: int | None, fps: float | None,
                  processor: Any, out: Path) -> RunResult:
     """One timed pass of pipeline.render with a renderer (carvis) or CropOnly (floor)."""
     source, frames = _frames(spec, n, fps)
-    processor.times = pipeline.StageTimes(size=100_000)
+    processor.times.samples.clear()  # shared with the renderer's halves: emptied, not replaced
+    processor.times.size = 100_000
     with source:
         sink = AviSink(out, source.fps)
         sink.timings = {k: type(v)(maxlen=100_000) for k, v in sink.timings.items()}
@@ -131,7 +137,7 @@ def run_io_loop(spec: str, n: int | None, fps: float | None, processor: CropOnly
                 out: Path) -> RunResult:
     """One timed pass of the plain I/O loop: read, crop, write; one thread."""
     source, frames = _frames(spec, n, fps)
-    times = pipeline.StageTimes(size=100_000)
+    times = StageTimes(size=100_000)
     with source:
         sink = AviSink(out, source.fps)
         sink.timings = {k: type(v)(maxlen=100_000) for k, v in sink.timings.items()}
@@ -140,7 +146,7 @@ def run_io_loop(spec: str, n: int | None, fps: float | None, processor: CropOnly
         with sink:
             for frame, read in _timed(frames):
                 times.add("decode", read)
-                sink.write(processor.process(frame.image))
+                sink.write(processor.render(frame))
                 written += 1
         seconds, cpu = time.perf_counter() - t0, _cpu() - c0
     return RunResult("loop", written, seconds, _sink_stages(times.median_ms(), sink), cpu)
@@ -184,7 +190,7 @@ class SeedMethod:
     def run(self, spec: str, n: int | None, fps: float | None, out: Path) -> RunResult:
         """One timed pass: read, preprocess, predict, matplotlib, merge, VideoWriter."""
         source, frames = _frames(spec, n, fps)
-        times = pipeline.StageTimes(size=100_000)
+        times = StageTimes(size=100_000)
         p = self.profile
         kernel = np.ones((2, 2), np.float32) / 4
         writer = None
@@ -309,25 +315,26 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
     if repeat < 1:
         raise CarvisError(f"--repeat {repeat} must be at least 1")
     session = ModelSession(model_path, backend=backend, lambda_policy=lambda_policy)
-    renderer = pipeline.Renderer(session, profile)
+    renderer = pipeline.make_renderer(session, profile)
     probe_source, probe = _frames(source, 1, fps)
     with probe_source:
         first = next(iter(probe), None)
         total = probe_source.frame_count
     if first is None:
         raise CarvisError(f"source {source!r} gives no frames")
-    renderer.process(first.image.copy())  # warm-up: tracing, buffers, LUTs
-    crop = renderer.preprocess.crop_box(first.image)
+    renderer.render(handoff.copied(first))  # warm-up: tracing, buffers, LUTs
+    crop = renderer.maps.preprocess.roi.box(first.image)
     tf_renderer = None
-    if tensorflow and renderer.backend.name != "tensorflow" and not session.is_tflite:
+    backend = renderer.maps.state.backend.name
+    if tensorflow and backend != "tensorflow" and session.kind.name != "tflite":
         tf_session = ModelSession(model_path, backend="tensorflow", lambda_policy=lambda_policy)
-        tf_renderer = pipeline.Renderer(tf_session, profile)
-        tf_renderer.process(first.image.copy())
+        tf_renderer = pipeline.make_renderer(tf_session, profile)
+        tf_renderer.render(handoff.copied(first))
     n = frames or total
     seed, seed_note = None, ""
     if seed_frames == 0:
         seed_note = "seed: not run (--seed-frames 0)"
-    elif session.is_tflite:
+    elif session.kind.name == "tflite":
         seed_note = "seed: not run (it needs the Keras model, not a .tflite)"
     elif importlib.util.find_spec("matplotlib") is None:
         seed_note = "seed: not run (its method draws with matplotlib: pip install matplotlib)"
@@ -368,4 +375,4 @@ def bench(source: str, model_path: Path, profile: Profile, *, backend: str = "au
                      "K.function every frame)")
     count = results["carvis"][0].frames
     return report(results, ratios, source, Path(model_path).name,
-                  renderer.backend.name, count, seed_note)
+                  backend, count, seed_note)

@@ -58,21 +58,25 @@ class OverlayPart:
                  profile: str | Path | prof.Profile | None = None, *,
                  layer: str | int | None = None, mode: str | None = None,
                  channel: int | str | None = None, hud: bool | None = None,
-                 backend: str = "auto", num_threads: int = 1) -> None:
+                 backend: str = "auto", num_threads: int = 1, steering: bool = False) -> None:
         chosen, path = part_profile(model, profile, layer=layer, mode=mode, channel=channel,
                                     hud=hud)
         self.session = ModelSession(path, backend=backend, num_threads=num_threads)
-        self.renderer = pipeline.Renderer(self.session, chosen)
+        self.renderer = pipeline.make_renderer(self.session, chosen, steering=steering)
+        self.steering: Steering | None = None  # the model's, on the last frame
         self.frames = 0
         log.info("carvis part: %s, layer %s, mode %s, on %s", path.name,
-                 self.renderer.layer_name, self.renderer.mode, self.session.backend_name)
+                 self.renderer.layer_name, self.renderer.maps.state.mode,
+                 self.session.backend_name)
 
     def overlay(self, image: np.ndarray | None) -> np.ndarray | None:
         """The overlay of one RGB frame, as RGB (None while the camera has no frame yet)."""
         if image is None:
             return None
         bgr = cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2BGR)  # a new array
-        out = self.renderer.process(bgr)
+        result = self.renderer.maps(bgr)
+        self.steering = result.steering
+        out = self.renderer.composer(bgr, result)
         self.frames += 1
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
@@ -87,14 +91,6 @@ class OverlayPart:
         self.session = None
 
 
-class _NoHud:
-    """A HUD view that draws nothing: the pilot's values are wanted, not shown."""
-
-    def __call__(self, frame: np.ndarray, predicted: Steering | None,
-                 recorded: Steering | None = None) -> np.ndarray:
-        return frame
-
-
 class PilotOverlayPart(OverlayPart):
     """The car's pilot and its overlay from one invoke:
     ``run(image) -> (image, angle, throttle)``, throttle None for an angle-only model."""
@@ -102,15 +98,14 @@ class PilotOverlayPart(OverlayPart):
     def __init__(self, model: str | Path | None = None,
                  profile: str | Path | prof.Profile | None = None, *,
                  hud: bool = True, **options: Any) -> None:
-        super().__init__(model, profile, hud=True, **options)
-        if not hud:  # the model still runs with its outputs; only the drawing is left out
-            self.renderer.steering_hud = _NoHud()
+        # The model runs to its outputs either way; hud only says whether they are drawn.
+        super().__init__(model, profile, hud=hud, steering=True, **options)
 
     def run(self, image: np.ndarray | None
             ) -> tuple[np.ndarray | None, float | None, float | None]:
         """The overlay (RGB) and the pilot's angle and throttle, all from one model run."""
         out = self.overlay(image)
-        steering = self.renderer.steering if out is not None else None
+        steering = self.steering if out is not None else None
         if steering is None:
             return out, None, None
         return out, steering.angle, steering.throttle

@@ -41,6 +41,7 @@ class FlatMapWatch:
         if hi - lo > 1e-6 * max(1.0, abs(hi)):
             self.done = True  # it varies: nothing to say
             return
+        self.scaling = (scale, offset)
         b_lo, b_hi = float(batch.min()), float(batch.max())
         self.lo = lo if self.lo is None else min(self.lo, lo)
         self.hi = hi if self.hi is None else max(self.hi, hi)
@@ -48,10 +49,18 @@ class FlatMapWatch:
         self.in_hi = b_hi if self.in_hi is None else max(self.in_hi, b_hi)
         self.seen += 1
         if self.seen >= self.frames:
-            self.done = True
-            log.warning("the map%s is flat on the first %d frames (every value %.3g) with model "
-                        "input in %.3g..%.3g (preprocess scale %g, offset %g): nothing will "
-                        "light up. The model may expect another input scale (a model trained "
-                        "on raw 0..255 pixels wants scale: 1.0 in its profile), or try another "
-                        "layer (carvis layers MODEL)", f" of {self.what}" if self.what else "",
-                        self.seen, self.hi, self.in_lo, self.in_hi, scale, offset)
+            self._say(f"the first {self.seen} frames")
+
+    def finish(self) -> None:
+        """At the end of a stream: say it if every frame was flat (fewer than the watch)."""
+        if not self.done and self.seen:
+            self._say("the only frame" if self.seen == 1 else f"all {self.seen} frames")
+
+    def _say(self, frames: str) -> None:
+        self.done = True
+        log.warning("the map%s is flat on %s (every value %.3g) with model input in "
+                    "%.3g..%.3g (preprocess scale %g, offset %g): nothing will light up. The "
+                    "model may expect another input scale (a model trained on raw 0..255 "
+                    "pixels wants scale: 1.0 in its profile), or try another layer (carvis "
+                    "layers MODEL)", f" of {self.what}" if self.what else "", frames, self.hi,
+                    self.in_lo, self.in_hi, *self.scaling)

@@ -1,8 +1,9 @@
 """Recorded vs predicted steering on the frame (labelled lines, L/R marks, throttle) and a strip
 chart of the angle over the last seconds: makemovie's green and blue lines, made readable.
 
-Both are views in supervision's annotate style: configured once, called per frame, in place
-(the chart returns the frame with the chart below it, in a buffer kept between frames).
+Both are views in supervision's annotate style: configured once, called per frame (the HUD in
+place; the chart returns a new picture, the frame with the chart below it — never a buffer kept
+between frames, which a writer thread might still be reading: carvis.handoff).
 """
 
 from __future__ import annotations
@@ -136,25 +137,28 @@ class ChartLayout:
         half = (self.height - 8) / 2
         return self.top + round(self.height / 2 - max(-1.0, min(1.0, angle)) * half)
 
-    def x(self, k: int, n: int, capacity: int) -> int:
-        """The column of sample k of the n kept, the newest at the right edge."""
-        step = (self.x1 - self.x0) / max(capacity - 1, 1)
-        return round(self.x1 - (n - 1 - k) * step)
+    def x(self, age: float, span: float) -> int:
+        """The column of a sample `age` seconds older than the newest (at the right edge)."""
+        return round(self.x1 - age / span * (self.x1 - self.x0))
 
 
 class StripChart:
-    """Recorded and predicted angle over the last seconds, in a strip below the frame."""
+    """Recorded and predicted angle over the last seconds (of the source's own clock: a tub's
+    timestamps), in a strip below the frame."""
 
     def __init__(self, seconds: float = 5.0, fps: float = 20.0,
                  height: int | None = None) -> None:
         if not seconds > 0 or not fps > 0:
             raise CarvisError(f"a strip chart needs seconds > 0 and fps > 0, got {seconds} s "
                               f"at {fps} fps; give e.g. --plot-seconds 5")
-        self.seconds, self.height = float(seconds), height
-        self.capacity = max(2, round(seconds * fps))
-        self.recorded: collections.deque = collections.deque(maxlen=self.capacity)
-        self.predicted: collections.deque = collections.deque(maxlen=self.capacity)
-        self._out: np.ndarray | None = None
+        self.seconds, self.fps, self.height = float(seconds), float(fps), height
+        # (time, recorded, predicted), the oldest first; a gap of more than GAP frames breaks
+        # the lines (deleted records, a paused recording).
+        self.samples: collections.deque[tuple[float, float | None, float | None]] = \
+            collections.deque()
+        self._count = 0
+
+    GAP = 4.0
 
     def layout(self, frame_shape: tuple[int, ...]) -> ChartLayout:
         """Where the chart goes below a frame of this shape."""
@@ -164,21 +168,24 @@ class StripChart:
         x0 = cv2.getTextSize("R", FONT, scale, 1)[0][0] + 8
         return ChartLayout(h, height, x0, w - 4)
 
-    def __call__(self, frame: np.ndarray, recorded: float | None, predicted: float | None
-                 ) -> np.ndarray:
-        """The frame with the chart below it; this frame's angles join the history."""
-        self.recorded.append(recorded)
-        self.predicted.append(predicted)
+    def __call__(self, frame: np.ndarray, recorded: float | None, predicted: float | None,
+                 seconds: float | None = None) -> np.ndarray:
+        """The frame with the chart below it (a new picture); this frame's angles, at its time
+        in the source (default: frames counted at the chart's fps), join the history."""
+        now = seconds if seconds is not None else self._count / self.fps
+        self._count += 1
+        if self.samples and now < self.samples[-1][0]:
+            self.samples.clear()  # the clock went back (a loop, a new session): start over
+        self.samples.append((now, recorded, predicted))
+        while self.samples[0][0] < now - self.seconds - 1e-9:
+            self.samples.popleft()
         chart = self.layout(frame.shape)
-        shape = (frame.shape[0] + chart.height, frame.shape[1], 3)
-        if self._out is None or self._out.shape != shape:
-            self._out = np.empty(shape, np.uint8)
-        out = self._out
+        out = np.empty((frame.shape[0] + chart.height, frame.shape[1], 3), np.uint8)
         out[:frame.shape[0]] = frame
         out[frame.shape[0]:] = HUD_PANEL
         self._axes(out, chart)
-        for values, color in ((self.recorded, RECORDED), (self.predicted, PREDICTED)):
-            self._line(out, chart, list(values), color)
+        for k, color in ((1, RECORDED), (2, PREDICTED)):
+            self._line(out, chart, now, k, color)
         return out
 
     def _axes(self, out: np.ndarray, chart: ChartLayout) -> None:
@@ -194,13 +201,17 @@ class StripChart:
         cv2.putText(out, title, (chart.x1 - width - 2, chart.y(0.0) - 4), FONT, scale,
                     HUD_OUTLINE, 1, cv2.LINE_AA)
 
-    def _line(self, out: np.ndarray, chart: ChartLayout, values: list[float | None],
+    def _line(self, out: np.ndarray, chart: ChartLayout, now: float, k: int,
               color: tuple[int, int, int]) -> None:
-        """One history as polylines, broken where a value is missing."""
-        n, run = len(values), []
-        for k, value in enumerate([*values, None]):
-            if value is not None:
-                run.append((chart.x(k, n, self.capacity), chart.y(value)))
-            elif run:
+        """One history as polylines, broken where a value is missing or time jumps."""
+        run: list[tuple[int, int]] = []
+        last: float | None = None
+        for sample in [*self.samples, (now, None, None)]:
+            t, value = sample[0], sample[k]
+            jump = last is not None and t - last > self.GAP / self.fps
+            if (value is None or jump) and run:
                 cv2.polylines(out, [np.array(run, np.int32)], False, color, 1, cv2.LINE_8)
                 run = []
+            if value is not None:
+                run.append((chart.x(now - t, self.seconds), chart.y(value)))
+            last = t

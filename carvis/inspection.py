@@ -72,10 +72,10 @@ def inspect_frame(session: ModelSession, frame: np.ndarray, profile: Profile,
     shape = ", ".join(str(d) for d in act.shape)
     parts = [views.feature_grid(act, profile.colormap,
                                 title=f"{backend.layer_name} ({shape})")]
-    if filters and session.is_tflite:
+    if filters and session.kind.name == "tflite":
         log.info("no filters below the grid: a .tflite keeps its first layer's kernels in its "
                  "own graph, not as Keras weights; give the .h5/.keras model to see them")
-    if filters and not session.is_tflite:
+    if filters and session.model is not None:
         from carvis import models
 
         model = session.model

@@ -211,6 +211,23 @@ class Overlay:
         return self._lut
 
 
+def running_step(lo: float | None, hi: float | None, new_lo: float, new_hi: float,
+                 decay: float) -> tuple[float, float]:
+    """The running range after one more map: its extremes, or the last range decayed."""
+    if hi is None:
+        return new_lo, new_hi
+    return min(new_lo, lo * decay), max(new_hi, hi * decay)
+
+
+def running_range(lo: np.ndarray, hi: np.ndarray, decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """The running range at every frame of a sequence of per-frame extremes (as MapNormalizer
+    has it frame by frame)."""
+    lo, hi = np.array(lo, np.float64), np.array(hi, np.float64)
+    for n in range(1, len(lo)):
+        lo[n], hi[n] = running_step(lo[n - 1], hi[n - 1], lo[n], hi[n], decay)
+    return lo, hi
+
+
 class MapNormalizer:
     """Activation map → float32 0..255: per-frame min–max (the seed's), a fixed range, or a
     running range (max with decay), then an optional EMA over frames against flicker."""
@@ -239,10 +256,8 @@ class MapNormalizer:
         elif self.mode == "fixed":
             out = normalize_range(amap, *self.value_range, out=self._out)
         else:
-            lo, hi = float(amap.min()), float(amap.max())
-            if self._hi is not None:
-                hi = max(hi, self._hi * self.decay)
-                lo = min(lo, self._lo * self.decay)
+            lo, hi = running_step(self._lo, self._hi, float(amap.min()), float(amap.max()),
+                                  self.decay)
             self._lo, self._hi = lo, hi
             out = normalize_range(amap, lo, hi, out=self._out)
         if self.ema > 0:

@@ -98,7 +98,8 @@ def recorded(record: Mapping[str, Any] | None) -> Steering | None:
 class Difference:
     """One frame's recorded and predicted angle."""
 
-    frame: int          # the frame's index in the source (what --start and --frame take)
+    frame: int          # the frame's number: a tub's record index, else its position
+                        # (what --start and --frame take)
     record: Any         # the tub's _index of the record
     recorded: float
     predicted: float
@@ -132,11 +133,17 @@ class SteeringLog:
         return sorted(self.rows, key=lambda row: (-row.error, row.frame))[:n]
 
     def summary(self, n: int = 5) -> str:
-        """One line: the mean difference and the frames to look at."""
+        """One line: the mean difference and the frames (a tub's records) to look at."""
         if not self.rows:
             return "no frame had both a recorded and a predicted angle"
-        worst = ", ".join(f"{row.frame} ({row.recorded:+.2f} vs {row.predicted:+.2f})"
-                          for row in self.worst(n))
-        return (f"recorded vs predicted angle over {len(self.rows)} frames: mean |difference| "
-                f"{self.mean_error():.3f}; they differ most at frame {worst} "
+        tub = self.rows[0].record is not None
+        what = "records" if tub else "frames"
+        head = (f"recorded vs predicted angle over {len(self.rows)} {what}: mean |difference| "
+                f"{self.mean_error():.3f}")
+        worst = [row for row in self.worst(n) if row.error > 0]
+        if not worst:
+            return f"{head}; they agree on every one"
+        where = ", ".join(f"{row.frame} ({row.recorded:+.2f} vs {row.predicted:+.2f})"
+                          for row in worst)
+        return (f"{head}; they differ most at {'record' if tub else 'frame'} {where} "
                 "(carvis inspect MODEL SOURCE --frame N)")

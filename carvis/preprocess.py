@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from carvis.profile import Profile
+from carvis.profile import Crop, Profile
 
 INTERPOLATION_FLAGS = {
     "nearest": cv2.INTER_NEAREST,
@@ -14,6 +14,29 @@ INTERPOLATION_FLAGS = {
     "area": cv2.INTER_AREA,
     "lanczos": cv2.INTER_LANCZOS4,
 }
+
+
+class Roi:
+    """The profile's region of interest of a frame: a view, its box cached per frame size.
+    The one place a crop becomes pixels (the map maker and the composer both cut with it)."""
+
+    def __init__(self, crop: Crop | None) -> None:
+        self.crop = crop
+        self._for: tuple[int, int] | None = None
+        self._box: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def box(self, frame: np.ndarray) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of the ROI for this frame's size."""
+        h, w = frame.shape[:2]
+        if self._for != (h, w):
+            self._box = self.crop.pixels(h, w) if self.crop is not None else (0, h, 0, w)
+            self._for = (h, w)
+        return self._box
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """The region of interest of a frame (a view, no copy)."""
+        t, b, lft, r = self.box(frame)
+        return frame[t:b, lft:r]
 
 
 class Preprocessor:
@@ -31,22 +54,7 @@ class Preprocessor:
         self._small = np.empty((h, w, 3), np.uint8)
         self._smooth = np.empty((h, w, 3), np.uint8)
         self._rgb = np.empty((h, w, 3), np.uint8)
-        self._crop_for: tuple[int, int] | None = None
-        self._crop_px: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    def crop_box(self, frame: np.ndarray) -> tuple[int, int, int, int]:
-        """(top, bottom, left, right) of the ROI for this frame size (cached per size)."""
-        h, w = frame.shape[:2]
-        if self._crop_for != (h, w):
-            crop = self.profile.crop
-            self._crop_px = crop.pixels(h, w) if crop is not None else (0, h, 0, w)
-            self._crop_for = (h, w)
-        return self._crop_px
-
-    def roi(self, frame: np.ndarray) -> np.ndarray:
-        """The region of interest of a frame (a view, no copy)."""
-        t, b, lft, r = self.crop_box(frame)
-        return frame[t:b, lft:r]
+        self.roi = Roi(profile.crop)
 
     def __call__(self, roi: np.ndarray) -> np.ndarray:
         """Model input for an ROI, shape (1, H, W, C) float32; the returned array is reused."""

@@ -108,30 +108,22 @@ class FloorSession:
         return []
 
 
-def _floor_renderer_class() -> type:
-    from carvis.pipeline import StageTimes
+def _floor_renderer(session: Any, profile: Any, chart: Any = None, **_: Any) -> Any:
+    """The floor's Renderer: no model, no overlay; the frame handed on as carvis would output
+    it (the crop when the profile outputs the crop, resized if it sets a size)."""
+    import cv2
 
-    class FloorRenderer:
-        """The floor's Renderer: no model, no overlay; the frame handed on as carvis would
-        output it (the crop when the profile outputs the crop, resized if it sets a size)."""
+    from carvis.composer import Composer
+    from carvis.maps import StageTimes
+    from carvis.pipeline import Renderer
 
-        def __init__(self, session: Any, profile: Any) -> None:
-            self.session, self.profile = session, profile
-            self.times = StageTimes()
-            self._box: tuple[int, int, int, int] | None = None
-            self._values = {"threshold": profile.threshold, "channel": profile.channel,
-                            "layer": str(profile.layer), "colormap": profile.colormap,
-                            "overlay": False, "mode": profile.mode, "target": profile.target,
-                            "view": profile.view, "hud": profile.hud,
-                            "compare": profile.compare, "smoothgrad": profile.smoothgrad}
-
-        @property
-        def layer_name(self) -> str:
-            return self._values["layer"]
-
-        @property
-        def channels(self) -> int:
-            return 1
+    class FloorMaps:
+        def __init__(self) -> None:
+            self.session, self.times, self.channels = session, StageTimes(), 1
+            self.layer_name = str(profile.layer)
+            self._values = {"layer": self.layer_name, "channel": profile.channel,
+                            "mode": profile.mode, "target": profile.target,
+                            "smoothgrad": profile.smoothgrad}
 
         def settings(self) -> dict[str, Any]:
             return dict(self._values)
@@ -140,28 +132,23 @@ def _floor_renderer_class() -> type:
             return dict(values)
 
         def apply(self, values: dict[str, Any]) -> None:
-            self._values.update(values)
+            self._values.update({k: v for k, v in values.items() if k in self._values})
 
-        def compute(self, _image: Any) -> None:
+        def __call__(self, _image: Any) -> None:
             return None  # no map
 
-        def compose(self, image: Any, _result: Any = None, _record: Any = None) -> Any:
-            return self.process(image)
+        def map_of(self, frame: Any) -> None:
+            return None
 
-        def process(self, image: Any, _record: Any = None) -> Any:
-            import cv2
-
-            out = image
-            if self.profile.output == "roi" and self.profile.crop is not None:
-                if self._box is None:
-                    self._box = self.profile.crop.pixels(*image.shape[:2])
-                t, b, lft, r = self._box
-                out = image[t:b, lft:r]
+    class FloorComposer(Composer):
+        def __call__(self, image: Any, _result: Any = None, _recorded: Any = None,
+                     _seconds: Any = None) -> Any:
+            out = self.roi(image) if self.profile.output == "roi" else image
             if self.profile.output_size is not None:
                 out = cv2.resize(out, self.profile.output_size, interpolation=cv2.INTER_AREA)
             return out
 
-    return FloorRenderer
+    return Renderer(FloorMaps(), FloorComposer(profile))
 
 
 def child(kind: str, core: int, argv: list[str]) -> int:
@@ -173,7 +160,7 @@ def child(kind: str, core: int, argv: list[str]) -> int:
         import carvis.session
 
         carvis.session.ModelSession = FloorSession  # type: ignore[misc,assignment]
-        carvis.pipeline.Renderer = _floor_renderer_class()  # type: ignore[misc]
+        carvis.pipeline.make_renderer = _floor_renderer  # type: ignore[assignment]
         with contextlib.suppress(ImportError):
             # A runner with a model thread copies each frame it hands over; the floor has no
             # model, so it hands nothing over (and copies nothing).

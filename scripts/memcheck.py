@@ -66,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     profile = prof.load(args.profile)
     session = ModelSession(args.model, backend=args.backend)
-    renderer = pipeline.Renderer(session, profile)
+    renderer = pipeline.make_renderer(session, profile)
     with sources.open_source(args.source, loop=True) as source, \
             tempfile.TemporaryDirectory(prefix="carvis-memcheck-") as tmp:
         sink = Sampling(AviSink(Path(tmp) / "long.avi", source.fps), args.every)
         with sink:
             n = pipeline.render(itertools.islice(source, args.frames), renderer, sink)
-    print(f"frames rendered: {n}; backend {renderer.backend.name}")
+    print(f"frames rendered: {n}; backend {renderer.maps.state.backend.name}")
     print("frames  VmRSS MB")
     for frames, mb in sink.samples:
         print(f"{frames:6d}  {mb:8.1f}")

@@ -7,7 +7,7 @@ cost of each, measured in the same run (needs ../shared/data beside the checkout
 Timing: each of the clip's first --frames frames is decoded once, then every configuration
 processes it in turn (round robin, so a busy machine slows them all alike). Reported medians:
 the map (the renderer's "model" stage: forward pass, gradients, back-projection), the whole
-Renderer.process (preprocess + map + overlay), and that plus the frame's decode and a JPEG
+Renderer.render (preprocess + map + overlay), and that plus the frame's decode and a JPEG
 encode of the output (the full per-frame cost of a render or a stream).
 
 CAM needs a head GlobalAveragePooling2D → Dense, which the Axionaut net does not have (carvis
@@ -137,6 +137,7 @@ def main() -> int:
     quiet_environment()
     from carvis import pipeline
     from carvis import profile as prof
+    from carvis.frame import Frame
     from carvis.session import ModelSession
 
     base = prof.load(REPO / "models" / "axionaut.yaml")
@@ -153,10 +154,11 @@ def main() -> int:
         key = (str(model), backend)
         if key not in sessions:
             sessions[key] = ModelSession(model, backend=backend)
-        renderers[name] = pipeline.Renderer(sessions[key], base.replace(mode=mode, **changes))
+        renderers[name] = pipeline.make_renderer(sessions[key],
+                                                base.replace(mode=mode, **changes))
     for renderer in renderers.values():  # warm up: graphs traced, buffers sized
         for i in (0, 1, 2):
-            renderer.process(frames[i].copy())
+            renderer.render(Frame(frames[i].copy(), i, 0.0))
     cost = {name: [] for name in renderers}
     full = {name: [] for name in renderers}
     cap = cv2.VideoCapture(args.clip)
@@ -169,7 +171,7 @@ def main() -> int:
         for name, renderer in renderers.items():
             image = frame.copy()
             t1 = time.perf_counter()
-            out = renderer.process(image)
+            out = renderer.render(Frame(image, 0, 0.0))
             t2 = time.perf_counter()
             cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 80])  # what a sink does
             t3 = time.perf_counter()
@@ -196,7 +198,7 @@ def main() -> int:
         if not text:
             continue
         renderers[name].apply({"hud": True})
-        out = renderers[name].process(frames[args.picture].copy())
+        out = renderers[name].render(Frame(frames[args.picture].copy(), 0, 0.0))
         h = round(out.shape[0] * args.width / out.shape[1])
         small = cv2.resize(out, (args.width, h), interpolation=cv2.INTER_AREA)
         path = DOCS / f"mode_{name}.jpg"
@@ -205,13 +207,13 @@ def main() -> int:
         print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size // 1024} kB)")
     if args.videos:
         from carvis import sources
-        from carvis.sinks.outputs import open_file_sink
+        from carvis.sinks.table import SinkOptions, open_sink
 
         Path(args.videos).mkdir(parents=True, exist_ok=True)
         for name, renderer in renderers.items():
             source = sources.open_source(args.clip)
-            with source, open_file_sink(str(Path(args.videos) / f"{name}.avi"),
-                                        source.fps) as sink:
+            with source, open_sink(str(Path(args.videos) / f"{name}.avi"),
+                                   SinkOptions(source.fps)) as sink:
                 n = pipeline.render(iter(source), renderer, sink)
             print(f"rendered {n} frames: {Path(args.videos) / (name + '.avi')}")
     return 0

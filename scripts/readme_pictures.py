@@ -21,6 +21,7 @@ from modes_readme import caption
 
 def main() -> int:
     from carvis import pipeline, profile
+    from carvis.frame import Frame
     from carvis.session import ModelSession
 
     if not (AXIONAUT / "autopilot.hdf5").is_file():
@@ -28,10 +29,10 @@ def main() -> int:
         return 1
     DOCS.mkdir(exist_ok=True)
     prof = profile.load(REPO / "models" / "axionaut.yaml")
-    renderer = pipeline.Renderer(ModelSession(AXIONAUT / "autopilot.hdf5"), prof)
+    renderer = pipeline.make_renderer(ModelSession(AXIONAUT / "autopilot.hdf5"), prof)
     frame = cv2.imread(str(AXIONAUT / "frames" / "frame3868.jpg"))
     roi = frame[600:1080, :1800].copy()
-    out = renderer.process(frame.copy())
+    out = renderer.render(Frame(frame.copy(), 0, 0.0))
     pair = np.vstack([caption(roi, "camera ROI (rows 600:1080, cols 0:1800)"),
                       caption(out, "carvis: maxpooling2d_2, channel 1, threshold 80, inferno")])
     small = cv2.resize(pair, (900, pair.shape[0] * 900 // 1800), interpolation=cv2.INTER_AREA)

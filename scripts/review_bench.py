@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from carvis import pipeline, sources
 from carvis import profile as prof
 from carvis.frame import Frame
-from carvis.review import compose, frames
+from carvis.maps import StageTimes
+from carvis.review import frames, replay
 from carvis.review import track as tr
 from carvis.review.app import Review
 from carvis.review.server import ReviewServer
@@ -57,13 +58,16 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms"
 
 
-class Floor(tr.InOrder):
+class Floor:
     """The I/O floor: frames through pipeline.render untouched (decode, hand-offs only)."""
 
-    times = pipeline.StageTimes()
+    times = StageTimes()
 
-    def process_frame(self, frame: Frame) -> np.ndarray:
+    def render(self, frame: Frame) -> np.ndarray:
         return frame.image
+
+    def finish(self) -> None:
+        pass
 
 
 def render_rates(spec: str, n: int | None, session: ModelSession, profile: prof.Profile,
@@ -71,7 +75,7 @@ def render_rates(spec: str, n: int | None, session: ModelSession, profile: prof.
     """Frames/s of the model render, with --save-maps, from the track, and the I/O floor."""
     path = work / f"maps-{profile.mode}-{session.backend_name}.h5"
     source, frames_in = clip(spec, 3)  # warm: model load, conversion, first runs
-    pipeline.render(frames_in, pipeline.Renderer(session, profile), NullSink())
+    pipeline.render(frames_in, pipeline.make_renderer(session, profile), NullSink())
     source.close()
     runs = {}
 
@@ -80,12 +84,15 @@ def render_rates(spec: str, n: int | None, session: ModelSession, profile: prof.
         runs[name] = timed(lambda: pipeline.render(frames_in, renderer, NullSink()))
         src.close()
 
-    with tr.Recorder(pipeline.Renderer(session, profile), path, None) as recorder:
-        run("save", recorder)
-    track = tr.Track(path)
-    run("model", pipeline.Renderer(session, profile))
-    run("track", compose.Replay(compose.Composer(track, compose.drawing_profile(
-        track, None, {"threshold": 120, "colormap": "jet"}))))
+    saving = pipeline.make_renderer(session, profile)
+    writer = tr.TrackWriter(path, tr.track_meta(saving.maps, None))
+    saving.on_map = writer.append
+    run("save", saving)
+    track = tr.Track(writer.close())
+    run("model", pipeline.make_renderer(session, profile))
+    drawing = replay.drawing_profile(track, None, {"threshold": 120, "colormap": "jet"})
+    run("track", pipeline.Renderer(replay.TrackMaps(track, drawing),
+                                   pipeline.Composer(drawing)))
     run("floor", Floor())
     return len(track), {k: len(track) / v for k, v in runs.items()}
 

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p = prof.load(prof.DEFAULT_PROFILE)
     session = ModelSession(p.model)
     camera = FlakyCamera(every=args.outage_every)
-    runner = live.LiveRunner(camera, pipeline.Renderer(session, p),
+    runner = live.build(camera, pipeline.make_renderer(session, p),
                              live.LiveOptions(serve=("127.0.0.1", 0), send_timeout=1.0))
     runner.start()
     port = runner.server.port

@@ -60,12 +60,12 @@ def picture(tub: Path) -> tuple[object, str]:
     source = TubSource(tub)
     profile = prof.load(prof.DEFAULT_PROFILE).replace(hud=True)
     chart = hud.StripChart(CHART_SECONDS, source.fps)
-    renderer = pipeline.Renderer(ModelSession(profile.model), profile, chart=chart)
+    renderer = pipeline.make_renderer(ModelSession(profile.model), profile, chart)
     best, best_error = None, -1.0
     for frame in source:
-        out = renderer.process_frame(frame)
+        out = renderer.render(frame)
         row = renderer.log.rows[-1]
-        if frame.index >= chart.capacity and row.error > best_error:
+        if frame.seconds(source.fps) >= CHART_SECONDS and row.error > best_error:
             best, best_error = out.copy(), row.error
     return best, renderer.log.summary()
 

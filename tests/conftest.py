@@ -50,3 +50,10 @@ def axionaut_frames(axionaut_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def race_clip(axionaut_dir: Path) -> Path:
     return axionaut_dir / "race.mp4"
+
+
+def render_image(renderer, image, record=None):
+    """One image's picture through a Renderer's one verb (the image is given up)."""
+    from carvis.frame import Frame
+
+    return renderer.render(Frame(image, 0, 0.0, record=record))

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO
 
 from carvis import batch, cli
+from carvis import jobs as jobs_module
 from carvis import profile as prof
 from carvis.errors import CarvisError
 
@@ -49,7 +50,7 @@ def test_default_jobs_is_the_usable_cores():
 
 def test_in_process_batch_reports_progress_and_a_failure_without_stopping(tmp_path):
     profile = prof.load(REPO / "models" / "default.yaml")
-    settings = batch.BatchOptions(profile, REPO / "models" / "default.tflite")
+    settings = jobs_module.RenderOptions(profile, REPO / "models" / "default.tflite")
     jobs = batch.plan(["synthetic:frames=7", str(tmp_path / "missing.mp4"),
                        "synthetic:frames=5,seed=3"], tmp_path / "out", "avi")
     events: list[tuple[int, str, int | None]] = []
@@ -57,7 +58,10 @@ def test_in_process_batch_reports_progress_and_a_failure_without_stopping(tmp_pa
     assert [o.frames for o in outcomes] == [7, 0, 5]
     assert outcomes[1].error and "missing.mp4" in outcomes[1].error
     assert outcomes[0].error is None and outcomes[2].error is None
-    assert (0, "start", 7) in events and sum(v for n, k, v in events if k == "frames" and n == 0) == 7
+    starts = [v for n, k, v in events if k == "start"]
+    assert [s["frames"] for s in starts] == [7, 5]
+    assert all(s["describe"].startswith("model default.tflite on LiteRT") for s in starts)
+    assert sum(v for n, k, v in events if k == "frames" and n == 0) == 7
 
 
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed")

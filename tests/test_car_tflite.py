@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, render_image
 
 pytest.importorskip("ai_edge_litert", reason="the LiteRT backend needs ai-edge-litert")
 pytest.importorskip("tf_keras", reason="the car models are built with Keras 2 (tf-keras)")
@@ -47,6 +47,7 @@ for name in ("tensorflow", "keras", "tf_keras"):
 import numpy as np
 from carvis import pipeline, profile as prof
 from carvis.backends import litert
+from carvis.frame import Frame
 from carvis.session import ModelSession
 RAW_MAP
 spec = json.loads(sys.argv[1])
@@ -58,14 +59,14 @@ for item in spec["jobs"]:
     report[item["key"] + ":layers"] = litert.describe(item["model"])
     report[item["key"] + ":conv"] = session.conv_layers()
     for name, changes in item["changes"]:
-        renderer = pipeline.Renderer(session, profile.replace(**changes))
+        renderer = pipeline.make_renderer(session, profile.replace(**changes))
         for i, frame in enumerate(frames):
             key = f"{item['key']}:{name}:{i}"
             out[key + ":map"] = raw_map(renderer, frame)
-            out[key] = renderer.process(frame.copy())
-            if renderer.prediction is not None:
-                out[key + ":prediction"] = renderer.prediction
-            report[key + ":backend"] = getattr(renderer.explainer, "backend", "layer")
+            out[key] = renderer.render(Frame(frame.copy(), i, 0.0))
+            if renderer.last_map.prediction is not None:
+                out[key + ":prediction"] = renderer.last_map.prediction
+            report[key + ":backend"] = getattr(renderer.maps.state.explainer, "backend", "layer")
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras")
                and sys.modules[m] is not None)
 np.savez(spec["out"], **out)
@@ -76,10 +77,10 @@ print(json.dumps({"report": report, "heavy": heavy}))
 
 def raw_map(renderer, frame):
     """The float map of a frame before normalising: the layer's channel, or the mode's map."""
-    batch = renderer.preprocess(renderer.preprocess.roi(frame))
-    if renderer.mode == "activation":
-        return renderer.activation(frame)
-    return renderer.explainer(batch).map
+    batch = renderer.maps.preprocess(renderer.maps.preprocess.roi(frame))
+    if renderer.maps.state.mode == "activation":
+        return renderer.maps.activation(frame)
+    return renderer.maps.state.explainer(batch).map
 
 
 WORKER = WORKER.replace("RAW_MAP", "\n".join(inspect.getsource(raw_map).splitlines()))
@@ -143,11 +144,11 @@ def _tensorflow_renders(model: Path, profile: prof.Profile, jobs, frames, key: s
     session = ModelSession(model, backend="tensorflow")
     out = {}
     for name, changes in jobs:
-        renderer = pipeline.Renderer(session, profile.replace(**changes))
+        renderer = pipeline.make_renderer(session, profile.replace(**changes))
         for i, frame in enumerate(frames):
             out[f"{key}:{name}:{i}:map"] = raw_map(renderer, frame)
-            out[f"{key}:{name}:{i}"] = renderer.process(frame.copy())
-            out[f"{key}:{name}:{i}:prediction"] = renderer.prediction
+            out[f"{key}:{name}:{i}"] = render_image(renderer, frame.copy())
+            out[f"{key}:{name}:{i}:prediction"] = renderer.last_map.prediction
     return out
 
 
@@ -246,7 +247,7 @@ def test_a_one_layer_file_says_what_the_hud_needs(files, tmp_path):
     session = ModelSession(out)
     with pytest.raises(CarvisError, match=r"the HUD needs .*holds no steering output.*"
                                           r"carvis export MODEL --car") as info:
-        pipeline.Renderer(session, prof.load(PROFILE).replace(layer="conv:2", hud=True))
+        pipeline.make_renderer(session, prof.load(PROFILE).replace(layer="conv:2", hud=True))
     assert "\n" not in str(info.value)
     with pytest.raises(CarvisError, match=r"holds one layer.*convolution2d_2.*--layer conv:3"):
         session.backend("conv:3")

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import render_image
 
 from carvis import pilot
 
@@ -125,7 +126,7 @@ def test_overlay_part_is_rgb_in_rgb_out(donkey_model):
     # The same frame through the Renderer in BGR, turned to RGB, is the part's picture.
     reference = OverlayPart(path, layer=LAYER, backend="litert")
     for sent, (overlay,) in zip(camera.sent, collector.seen, strict=True):
-        bgr = reference.renderer.process(cv2.cvtColor(sent, cv2.COLOR_RGB2BGR))
+        bgr = render_image(reference.renderer, cv2.cvtColor(sent, cv2.COLOR_RGB2BGR))
         np.testing.assert_array_equal(overlay, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 

@@ -37,7 +37,7 @@ def served(model):
     def make(**options) -> live.LiveRunner:
         session, profile = model
         source = fakes.StillSource(fakes.test_image(), fps=30)
-        runner = live.LiveRunner(source, pipeline.Renderer(session, profile),
+        runner = live.build(source, pipeline.make_renderer(session, profile),
                                  live.LiveOptions(serve=("127.0.0.1", 0), **options))
         runner.source_for_test = source
         made.append(runner.start())

@@ -35,7 +35,7 @@ def model(tmp_path_factory):
 
 def _runner(model, source, options=None, **kwargs) -> live.LiveRunner:
     session, profile = model
-    return live.LiveRunner(source, pipeline.Renderer(session, profile),
+    return live.build(source, pipeline.make_renderer(session, profile),
                            options or live.LiveOptions(), **kwargs)
 
 
@@ -68,13 +68,13 @@ def test_a_5_fps_model_on_a_30_fps_camera_still_streams_and_records_30_fps(model
     runner = _runner(model, source, live.LiveOptions(serve=("127.0.0.1", 0), record=str(out)),
                      on_frame=lambda f: ages.append((*runner.map_age, runner.model.computed)
                                                     if runner.map_age else (-1, 0.0, 0)))
-    compute = runner.renderer.compute
+    compute = runner.model.maker
 
     def slow(image: np.ndarray):
         time.sleep(period)  # SmoothGrad on a Pi
         return compute(image)
 
-    runner.renderer.compute = slow
+    runner.model.maker = slow
     runner.start()
     viewer = fakes.Viewer("127.0.0.1", runner.server.port)
     try:
@@ -218,7 +218,7 @@ def test_a_camera_that_vanishes_gives_placeholders_then_comes_back(model, monkey
         t0 = time.monotonic()
         plugged.clear()  # the USB cable shakes loose
         fakes.wait_until(lambda: names.count("no signal") >= 30, what="placeholders")
-        lost_stats = runner.stats()["signal"]
+        lost_stats = runner.report.stats()["signal"]
         plugged.set()
         fakes.wait_until(lambda: runner.capture.reconnects == 1, what="reconnected")
         back = len(names)
@@ -232,7 +232,7 @@ def test_a_camera_that_vanishes_gives_placeholders_then_comes_back(model, monkey
     assert 25 <= len(gap) and all(n == "no signal" for n in gap)
     assert names[-1] == "camera 0"
     assert lost_stats["losses"] == 1 and lost_stats["lost_for_s"] > 0.5
-    stats = runner.stats()["signal"]
+    stats = runner.report.stats()["signal"]
     assert stats["losses"] == 1 and stats["reconnects"] == 1 and stats["lost_for_s"] is None
     if shutil.which("ffprobe"):
         _, duration = probe(out)  # the placeholders kept the recording's timeline

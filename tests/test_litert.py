@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, render_image
 
 from carvis import cli, pipeline
 from carvis import profile as prof
@@ -64,15 +64,15 @@ def _python(code: str, **env: str) -> dict:
 
 def test_litert_activations_equal_tensorflow_on_real_frames(axionaut_model_path, tflite, frames):
     profile = prof.load(PROFILE)
-    tf_renderer = pipeline.Renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
+    tf_renderer = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
                                     profile)
-    lite_renderer = pipeline.Renderer(ModelSession(tflite), profile)
-    assert (tf_renderer.backend.name, lite_renderer.backend.name) == ("tensorflow", "litert")
+    lite_renderer = pipeline.make_renderer(ModelSession(tflite), profile)
+    assert (tf_renderer.maps.state.backend.name, lite_renderer.maps.state.backend.name) == ("tensorflow", "litert")
     worst = 0.0
     for frame in frames:
-        batch = tf_renderer.preprocess(tf_renderer.preprocess.roi(frame))
-        expected = tf_renderer.backend(batch)
-        got = lite_renderer.backend(batch)
+        batch = tf_renderer.maps.preprocess(tf_renderer.maps.preprocess.roi(frame))
+        expected = tf_renderer.maps.state.backend(batch)
+        got = lite_renderer.maps.state.backend(batch)
         assert got.shape == expected.shape == (17, 62, 2)
         worst = max(worst, float(np.abs(got - expected).max() / np.abs(expected).max()))
     # float32 convolutions summed in another order: differences at rounding level
@@ -82,22 +82,22 @@ def test_litert_activations_equal_tensorflow_on_real_frames(axionaut_model_path,
 def test_tflite_render_equals_tensorflow_render_frame_for_frame(axionaut_model_path, tflite,
                                                                 frames):
     profile = prof.load(PROFILE)
-    tf_renderer = pipeline.Renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
+    tf_renderer = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
                                     profile)
-    lite_renderer = pipeline.Renderer(ModelSession(tflite), profile)
+    lite_renderer = pipeline.make_renderer(ModelSession(tflite), profile)
     changed = 0
     total = 0
     for frame in frames[::2]:
-        a = tf_renderer.process(frame.copy())
-        b = lite_renderer.process(frame.copy())
+        a = render_image(tf_renderer, frame.copy())
+        b = render_image(lite_renderer, frame.copy())
         diff = np.abs(a.astype(int) - b.astype(int)).max(axis=-1)
         changed += int((diff > 0).sum())
         total += diff.size
         # the maps themselves agree to one grey level (rounding of a value on a .5 edge)
-        na = tf_renderer.overlay.map8(tf_renderer.normalizer(
-            tf_renderer.activation(frame)), (1800, 480)).astype(int)
-        nb = lite_renderer.overlay.map8(lite_renderer.normalizer(
-            lite_renderer.activation(frame)), (1800, 480)).astype(int)
+        na = tf_renderer.composer.overlay.map8(tf_renderer.maps.normalizer(
+            tf_renderer.maps.activation(frame)), (1800, 480)).astype(int)
+        nb = lite_renderer.composer.overlay.map8(lite_renderer.maps.normalizer(
+            lite_renderer.maps.activation(frame)), (1800, 480)).astype(int)
         assert np.abs(na - nb).max() <= 1
     # a pixel differs only where a map value sits on a rounding edge or on the threshold
     assert changed / total < 1e-4, f"{changed} of {total} pixels differ"
@@ -193,10 +193,10 @@ def test_a_tflite_shows_only_its_own_layer(tflite, spec, ok):
 
 
 def test_channel_picks_among_the_tflite_outputs(tflite, frames):
-    renderer = pipeline.Renderer(ModelSession(tflite), prof.load(PROFILE))
-    assert renderer.channels == 2
+    renderer = pipeline.make_renderer(ModelSession(tflite), prof.load(PROFILE))
+    assert renderer.maps.channels == 2
     renderer.apply({"channel": "max"})
-    assert renderer.activation(frames[0]).shape == (17, 62)
+    assert renderer.maps.activation(frames[0]).shape == (17, 62)
     with pytest.raises(CarvisError, match="channel 2 is out of range"):
         renderer.apply({"channel": 2})
 

@@ -41,8 +41,8 @@ def picamera(monkeypatch):
 
 def _runner(model, source, options=None, profile=None, **kwargs) -> live.LiveRunner:
     session, base = model
-    renderer = pipeline.Renderer(session, profile or base)
-    return live.LiveRunner(source, renderer, options or live.LiveOptions(), **kwargs)
+    renderer = pipeline.make_renderer(session, profile or base)
+    return live.build(source, renderer, options or live.LiveOptions(), **kwargs)
 
 
 # -- picamera2 --------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_fast_camera_frames_are_dropped_and_counted_never_queued(model, monkeypa
     assert cap_thread.dropped > 0
     assert indices[-1] - indices[0] + 1 > len(indices)  # frames were skipped, not queued
     assert cap_thread.captured - cap_thread.dropped - runner.processed in (0, 1)
-    assert runner.stats()["drops"]["capture"] == cap_thread.dropped
+    assert runner.report.stats()["drops"]["capture"] == cap_thread.dropped
 
 
 def test_slow_camera_frames_are_each_processed_once(model, monkeypatch):
@@ -255,7 +255,7 @@ def test_keys_change_settings_snapshot_record_and_quit(model, tmp_path):
         layers = first["choices"]["layers"]
 
         def press(key: str, check) -> None:
-            runner.handle_key(ord(key))
+            runner.panel.handle_key(ord(key))
             fakes.wait_until(lambda: check(settings()), what=f"key {key!r}")
 
         press("+", lambda s: s["threshold"] == first["threshold"] + 5)
@@ -265,12 +265,12 @@ def test_keys_change_settings_snapshot_record_and_quit(model, tmp_path):
                                                   % len(layers)])
         press("o", lambda s: s["overlay"] is False)
         press("r", lambda s: s["recording"] is True)
-        fakes.wait_until(lambda: (runner.recorder.stats() or {}).get("written", 0) >= 3,
+        fakes.wait_until(lambda: (runner.panel.recorder.stats() or {}).get("written", 0) >= 3,
                          what="frames recorded")
         press("r", lambda s: s["recording"] is False)
-        runner.handle_key(ord("s"))
+        runner.panel.handle_key(ord("s"))
         fakes.wait_until(lambda: list(tmp_path.glob("carvis-snapshot-*.png")), what="snapshot")
-        runner.handle_key(ord("q"))
+        runner.panel.handle_key(ord("q"))
         runner.join(5)
     finally:
         runner.stop()
@@ -303,7 +303,7 @@ def test_display_window_shows_frames_and_its_keys_reach_the_pipeline(model, monk
     source = fakes.StillSource(fakes.test_image(), fps=60)
     outputs: list[Frame] = []
     runner = _runner(model, source, live.LiveOptions(display=True), on_frame=outputs.append)
-    threshold = runner.renderer.overlay.threshold
+    threshold = runner.renderer.composer.overlay.threshold
     runner.start()
     try:
         fakes.wait_until(lambda: not runner.controls.settings().get("overlay", True),
@@ -393,8 +393,7 @@ def test_a_failing_sink_is_reported_not_swallowed(model):
             raise OSError("disk on fire")
 
     source = fakes.StillSource(fakes.test_image(), fps=60)
-    runner = _runner(model, source)
-    runner.sinks["broken"] = SinkWorker(Broken(), "broken")
+    runner = _runner(model, source, sinks={"broken": SinkWorker(Broken(), "broken")})
     runner.start()
     with pytest.raises(CarvisError, match="broken failed: disk on fire"):
         runner.join(10)
@@ -457,7 +456,7 @@ def test_ctrl_c_stops_run_cleanly_and_the_recording_is_complete(model, tmp_path)
 def test_a_slow_layer_build_happens_beside_the_loop_which_keeps_running(model, monkeypatch):
     source = fakes.StillSource(fakes.test_image(), fps=60)
     runner = _runner(model, source).start()
-    session = runner.renderer.session
+    session = runner.renderer.maps.session
     release = threading.Event()
     building = threading.Event()
     real_backend = session.backend
@@ -471,7 +470,7 @@ def test_a_slow_layer_build_happens_beside_the_loop_which_keeps_running(model, m
     monkeypatch.setattr(session, "backend", slow_backend)
     try:
         fakes.wait_until(lambda: runner.controls.settings(), what="first frames")
-        other = next(n for n in runner.layers if n != runner.renderer.backend.layer_name)
+        other = next(n for n in runner.panel.layers if n != runner.renderer.maps.state.backend.layer_name)
         result: list[dict] = []
         asker = threading.Thread(target=lambda: result.append(
             runner.controls.change({"layer": other})))
@@ -479,7 +478,7 @@ def test_a_slow_layer_build_happens_beside_the_loop_which_keeps_running(model, m
         fakes.wait_until(building.is_set, what="the build to start")
         done = runner.processed
         fakes.wait_until(lambda: runner.processed >= done + 5, what="frames during the build")
-        assert runner.renderer.backend.layer_name != other
+        assert runner.renderer.maps.state.backend.layer_name != other
         release.set()
         asker.join(10)
         assert result and result[0]["layer"] == other

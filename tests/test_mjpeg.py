@@ -33,7 +33,7 @@ class Served:
         self.source = source
         self.outputs: list[bool] = []
         opts = live.LiveOptions(serve=("127.0.0.1", 0), **options)
-        self.runner = live.LiveRunner(source, pipeline.Renderer(session, profile), opts,
+        self.runner = live.build(source, pipeline.make_renderer(session, profile), opts,
                                       on_frame=self._on_frame)
         self.server = self.runner.server
         self.host, self.port = self.server.host, self.server.port
@@ -112,7 +112,7 @@ def test_each_frame_is_encoded_once_however_many_watch(model, served):
         frames = 12
         for i in range(frames):
             source.feed(image.copy())
-            fakes.wait_until(lambda i=i: s.runner.encoder.encodes == i + 1, what="encode")
+            fakes.wait_until(lambda i=i: s.runner.sinks["mjpeg"].sink.encodes == i + 1, what="encode")
             fakes.wait_until(lambda i=i: all(v.frames == i + 1 for v in viewers),
                              what="every viewer got the frame")
         stats = s.get("stats")[1]
@@ -200,7 +200,7 @@ def test_settings_changes_show_in_the_next_frames(served):
     fakes.wait_until(lambda: len(s.outputs) >= n + 3, what="frames with a map")
     assert not any(s.outputs[n:])  # the overlay lights some pixels up
     status, settings = s.get("settings")
-    assert status == 200 and settings["threshold"] == s.runner.renderer.profile.threshold
+    assert status == 200 and settings["threshold"] == s.runner.renderer.composer.profile.threshold
     status, after = s.post({"threshold": 255})
     assert status == 200 and after["threshold"] == 255
     n = len(s.outputs)

@@ -10,14 +10,14 @@ import fakes
 import numpy as np
 import pytest
 import seed_reference
-from conftest import REPO
+from conftest import REPO, render_image
 
 from carvis import cli, explain, live, pipeline, settings, views
 from carvis import profile as prof
-from carvis import session as session_module
 from carvis.backends import litert_available
 from carvis.backends.litert import LiteRTModel
 from carvis.errors import CarvisError
+from carvis.kinds import keras as session_module
 from carvis.session import ModelSession
 from carvis.sinks import Sink
 
@@ -75,14 +75,14 @@ def frame(axionaut_frames):
 
 def test_activation_mode_has_no_explainer_and_the_hud_changes_only_its_panel(
         tf_session, axionaut_profile, frame, axionaut_model_path):
-    plain = pipeline.Renderer(tf_session, axionaut_profile)
-    assert plain.explainer is None  # today's path: the layer's backend alone
-    hud = pipeline.Renderer(tf_session, axionaut_profile.replace(hud=True))
-    a = plain.process(frame.copy()).copy()
-    b = hud.process(frame.copy()).copy()
+    plain = pipeline.make_renderer(tf_session, axionaut_profile)
+    assert plain.maps.state.explainer is None  # today's path: the layer's backend alone
+    hud = pipeline.make_renderer(tf_session, axionaut_profile.replace(hud=True))
+    a = render_image(plain, frame.copy()).copy()
+    b = render_image(hud, frame.copy()).copy()
     weights = seed_reference.load_weights(axionaut_model_path)
     x = seed_reference.preprocess(frame).astype(np.float32)
-    np.testing.assert_allclose(hud.prediction, seed_reference.predict(weights, x), atol=1e-5)
+    np.testing.assert_allclose(hud.last_map.prediction, seed_reference.predict(weights, x), atol=1e-5)
     x0, y0, x1, y1 = views.bar_layout(a.shape, 5).panel
     outside = np.ones(a.shape[:2], bool)
     outside[y0:y1 + 1, x0:x1 + 1] = False
@@ -93,8 +93,8 @@ def test_activation_mode_has_no_explainer_and_the_hud_changes_only_its_panel(
 def test_vbp_mode_overlays_the_vbp_map(tf_session, axionaut_profile, frame):
     from carvis import overlay as ov
 
-    renderer = pipeline.Renderer(tf_session, axionaut_profile.replace(mode="vbp"))
-    out = renderer.process(frame.copy())
+    renderer = pipeline.make_renderer(tf_session, axionaut_profile.replace(mode="vbp"))
+    out = render_image(renderer, frame.copy())
     roi = frame[600:1080, :1800]
     x = seed_reference.preprocess(frame).astype(np.float32)[None]
     amap = explain.make_explainer("vbp", tf_session.model)(x).map
@@ -104,13 +104,13 @@ def test_vbp_mode_overlays_the_vbp_map(tf_session, axionaut_profile, frame):
 
 
 def test_grid_view_and_compare(tf_session, axionaut_profile, frame):
-    grid = pipeline.Renderer(tf_session, axionaut_profile.replace(view="grid"))
-    out = grid.process(frame.copy())
-    act = grid.backend(grid.preprocess(grid.preprocess.roi(frame)))
+    grid = pipeline.make_renderer(tf_session, axionaut_profile.replace(view="grid"))
+    out = render_image(grid, frame.copy())
+    act = grid.maps.state.backend(grid.maps.preprocess(grid.maps.preprocess.roi(frame)))
     expected = views.feature_grid(act, "inferno", title="maxpooling2d_2 (17, 62, 2)")
     np.testing.assert_array_equal(out, expected)
-    side = pipeline.Renderer(tf_session, axionaut_profile.replace(compare=True))
-    out = side.process(frame.copy())
+    side = pipeline.make_renderer(tf_session, axionaut_profile.replace(compare=True))
+    out = render_image(side, frame.copy())
     assert out.shape == (480, 1800 + 4 + 1800, 3)
     raw = frame[600:1080, :1800]
     assert (out[40:, :1800] == raw[40:]).all(), "left: the raw frame (label at the top)"
@@ -124,18 +124,18 @@ def test_gradient_mode_on_litert_is_refused_before_any_frame(axionaut_model_path
     session = ModelSession(axionaut_model_path, backend="litert")
     with pytest.raises(CarvisError, match="mode 'saliency' needs gradients.*--backend "
                                           "tensorflow") as info:
-        pipeline.Renderer(session, axionaut_profile.replace(mode="saliency"))
+        pipeline.make_renderer(session, axionaut_profile.replace(mode="saliency"))
     assert "\n" not in str(info.value)
 
 
 def test_gradient_modes_on_auto_use_tensorflow(axionaut_model_path, axionaut_profile, frame):
     session = ModelSession(axionaut_model_path, backend="auto")
-    renderer = pipeline.Renderer(session, axionaut_profile.replace(mode="guided",
+    renderer = pipeline.make_renderer(session, axionaut_profile.replace(mode="guided",
                                                                    target="left"))
-    out = renderer.process(frame.copy())
-    assert out.shape == (480, 1800, 3) and renderer.prediction.shape == (5,)
-    assert renderer.explainer.mode == "guided"
-    assert renderer.explainer.backend == "tensorflow", "auto falls back to TensorFlow's graph"
+    out = render_image(renderer, frame.copy())
+    assert out.shape == (480, 1800, 3) and renderer.last_map.prediction.shape == (5,)
+    assert renderer.maps.state.explainer.mode == "guided"
+    assert renderer.maps.state.explainer.backend == "tensorflow", "auto falls back to TensorFlow's graph"
 
 
 def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile, frame,
@@ -143,16 +143,16 @@ def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile,
     if not litert_available():
         pytest.skip("ai-edge-litert is not installed")
     monkeypatch.setenv("CARVIS_CACHE", str(tmp_path))
-    lite = pipeline.Renderer(ModelSession(axionaut_model_path, backend="litert"),
+    lite = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="litert"),
                              axionaut_profile.replace(mode="vbp"))
-    assert isinstance(lite.explainer._forward, LiteRTModel)
-    assert lite.explainer.backend == "litert"
-    assert lite.session.conversions == 2, "the profile's layer and vbp's outputs, once each"
+    assert isinstance(lite.maps.state.explainer._forward, LiteRTModel)
+    assert lite.maps.state.explainer.backend == "litert"
+    assert lite.maps.session.conversions == 2, "the profile's layer and vbp's outputs, once each"
     assert len(list(tmp_path.glob("*-outputs-*.tflite"))) == 1, "cached"
-    tf = pipeline.Renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
+    tf = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
                            axionaut_profile.replace(mode="vbp"))
-    batch = lite.preprocess(lite.preprocess.roi(frame)).copy()
-    a, b = lite.explainer(batch), tf.explainer(batch)
+    batch = lite.maps.preprocess(lite.maps.preprocess.roi(frame)).copy()
+    a, b = lite.maps.state.explainer(batch), tf.maps.state.explainer(batch)
     np.testing.assert_allclose(a.map, b.map, rtol=1e-4, atol=1e-5 * b.map.max())
     np.testing.assert_allclose(a.prediction, b.prediction, atol=1e-5)
     from carvis.backends import convert
@@ -162,9 +162,9 @@ def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile,
 
     monkeypatch.setattr(convert, "convert", no_conversion)
     monkeypatch.setattr(session_module, "convert", no_conversion)
-    again = pipeline.Renderer(ModelSession(axionaut_model_path, backend="litert"),
+    again = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="litert"),
                               axionaut_profile.replace(mode="vbp"))
-    np.testing.assert_allclose(again.explainer(batch).map, a.map)
+    np.testing.assert_allclose(again.maps.state.explainer(batch).map, a.map)
 
 
 def test_a_tflite_model_refuses_modes_that_need_other_layers(tmp_path, axionaut_model_path,
@@ -177,8 +177,8 @@ def test_a_tflite_model_refuses_modes_that_need_other_layers(tmp_path, axionaut_
     export(axionaut_model_path, "maxpooling2d_2", out)
     session = ModelSession(out)
     with pytest.raises(CarvisError, match="mode 'vbp' needs the Keras model"):
-        pipeline.Renderer(session, axionaut_profile.replace(mode="vbp"))
-    pipeline.Renderer(session, axionaut_profile)  # activation works as before
+        pipeline.make_renderer(session, axionaut_profile.replace(mode="vbp"))
+    pipeline.make_renderer(session, axionaut_profile)  # activation works as before
 
 
 # --------------------------------------------------------------------------- CLI
@@ -302,10 +302,10 @@ def test_live_settings_switch_mode_view_hud_and_compare(tf_session, axionaut_pro
     from carvis.sinks.threaded import SinkWorker
 
     source = fakes.StillSource(frame, fps=30)
-    renderer = pipeline.Renderer(tf_session, axionaut_profile)
-    runner = live.LiveRunner(source, renderer, live.LiveOptions())
+    renderer = pipeline.make_renderer(tf_session, axionaut_profile)
     sink = _ListSink()
-    runner.sinks["list"] = SinkWorker(sink, "list")
+    runner = live.build(source, renderer, live.LiveOptions(),
+                        sinks={"list": SinkWorker(sink, "list")})
     runner.start()
     try:
         fakes.wait_until(lambda: runner.processed >= 2, what="first frames")

@@ -45,7 +45,7 @@ def browser(tmp_path_factory):
 def served(tmp_path_factory):
     session, profile = fakes.session_and_profile(tmp_path_factory.mktemp("model"))
     source = fakes.StillSource(fakes.test_image(320, 240), fps=20)
-    runner = live.LiveRunner(source, pipeline.Renderer(session, profile),
+    runner = live.build(source, pipeline.make_renderer(session, profile),
                              live.LiveOptions(serve=("127.0.0.1", 0), jpeg_quality=90))
     runner.start()
     yield runner, source.image

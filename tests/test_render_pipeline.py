@@ -12,12 +12,13 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, render_image
 
+from carvis import handoff, pipeline
 from carvis import overlay as ov
-from carvis import pipeline
 from carvis import profile as prof
 from carvis.frame import Frame
+from carvis.maps import StageTimes
 from carvis.session import ModelSession
 from carvis.sinks import Sink
 from carvis.sinks.files import AviSink
@@ -45,20 +46,38 @@ class Stamp:
     """A stand-in renderer: writes the frame's number into its ROI, in place, with jitter."""
 
     def __init__(self, raise_at: int | None = None, exc: type[BaseException] = RuntimeError):
-        self.times = pipeline.StageTimes()
+        self.times = StageTimes()
         self.seen = 0
         self.raise_at = raise_at
         self.exc = exc
         self.rng = np.random.default_rng(7)
 
-    def process(self, image: np.ndarray) -> np.ndarray:
+    def render(self, frame: Frame) -> np.ndarray:
         if self.raise_at is not None and self.seen == self.raise_at:
             raise self.exc("boom")
         self.seen += 1
         time.sleep(float(self.rng.uniform(0, 0.002)))
-        roi = image[8:40, 16:80]
+        roi = frame.image[8:40, 16:80]
         roi += 1  # in place: what the real renderer does to the frame
         return roi
+
+    def finish(self) -> None:
+        pass
+
+
+class KeptCanvas(Stamp):
+    """The --plot bug's shape: the picture drawn into one buffer kept between frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.canvas: np.ndarray | None = None
+
+    def render(self, frame: Frame) -> np.ndarray:
+        roi = super().render(frame)
+        if self.canvas is None:
+            self.canvas = np.empty_like(roi)
+        self.canvas[:] = roi  # the second frame writes into the first one's picture
+        return self.canvas
 
 
 def pattern(i: int, size: tuple[int, int] = (96, 64)) -> np.ndarray:
@@ -141,6 +160,28 @@ def test_source_error_raises_after_writing_the_frames_before_it():
     np.testing.assert_array_equal(sink.images[-1], expected_roi(39))
 
 
+def test_a_picture_handed_to_the_writer_is_never_drawn_on_again():
+    # The sender may not write a buffer it handed over: the Outbox seals it, so a renderer
+    # that draws the next frame into the same buffer fails at once instead of changing the
+    # picture the writer thread is still encoding.
+    sink = ListSink()
+    with pytest.raises(ValueError, match="read-only"):
+        run_with_timeout(lambda: pipeline.render(numbered(20), KeptCanvas(), sink))
+    assert sink.frames <= 1
+    np.testing.assert_array_equal(sink.images[0], expected_roi(0))
+
+
+def test_sealed_pictures_are_read_only_down_to_their_memory():
+    frame = np.zeros((8, 8, 3), np.uint8)
+    view = frame[2:6]
+    handoff.seal(view)
+    for array in (view, frame):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0, 0, 0] = 1
+    with pytest.raises(cv2.error):
+        cv2.rectangle(frame, (0, 0), (3, 3), (255, 0, 0), -1)
+
+
 def test_sink_error_is_raised_and_nothing_hangs():
     sink = ListSink(fail_at=10)
     with pytest.raises(OSError, match="No space left"):
@@ -197,7 +238,7 @@ def renderer_factory(axionaut_model_path, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("CARVIS_CACHE", str(cache))
     session = ModelSession(axionaut_model_path, backend="litert")
-    yield lambda profile=None: pipeline.Renderer(session, profile or prof.load(PROFILE))
+    yield lambda profile=None: pipeline.make_renderer(session, profile or prof.load(PROFILE))
     mp.undo()
 
 
@@ -213,7 +254,7 @@ def test_overlapped_render_equals_single_threaded_renderer(renderer_factory, rac
     assert pipeline.render(source, renderer_factory(), sink) == len(race_frames)
     reference = renderer_factory()
     for i, image in enumerate(race_frames):
-        np.testing.assert_array_equal(sink.images[i], reference.process(image.copy()),
+        np.testing.assert_array_equal(sink.images[i], render_image(reference, image.copy()),
                                       err_msg=f"frame {i}")
 
 
@@ -225,15 +266,15 @@ def test_renderer_overlay_equals_overlay_apply(renderer_factory, race_frames, th
     ipp = cv2.ipp.useIPP()
     for image in race_frames[:6]:
         # settings changed between frames, as the live page does
-        renderer.overlay.threshold, renderer.overlay.colormap = threshold, colormap
-        norm = renderer.normalizer(renderer.activation(image))
+        renderer.composer.overlay.threshold, renderer.composer.overlay.colormap = threshold, colormap
+        norm = renderer.maps.normalizer(renderer.maps.activation(image))
         cv2.ipp.setUseIPP(False)  # the renderer upsamples with OpenCV's own bicubic
         try:
-            expected = ov.Overlay(threshold, colormap).apply(renderer.preprocess.roi(image),
+            expected = ov.Overlay(threshold, colormap).apply(renderer.maps.preprocess.roi(image),
                                                              norm)
         finally:
             cv2.ipp.setUseIPP(ipp)
-        got = renderer.process(image.copy())
+        got = render_image(renderer, image.copy())
         np.testing.assert_array_equal(got, expected)
         assert cv2.ipp.useIPP() == ipp  # the caller's thread is left as it was
 
@@ -242,14 +283,14 @@ def test_renderer_upsample_differs_from_ipp_only_by_rounding(renderer_factory, r
     renderer = renderer_factory()
     changed = 0
     for image in race_frames:
-        norm = renderer.normalizer(renderer.activation(image))
+        norm = renderer.maps.normalizer(renderer.maps.activation(image))
         ipp = cv2.ipp.useIPP()
         cv2.ipp.setUseIPP(True)
         try:
-            with_ipp = ov.Overlay(80, "inferno").apply(renderer.preprocess.roi(image), norm)
+            with_ipp = ov.Overlay(80, "inferno").apply(renderer.maps.preprocess.roi(image), norm)
         finally:
             cv2.ipp.setUseIPP(ipp)  # the thread's IPP switch is left as it was
-        got = renderer.process(image.copy())
+        got = render_image(renderer, image.copy())
         diff = np.abs(got.astype(int) - with_ipp.astype(int)).max(axis=-1)
         changed += int((diff > 0).sum())
     assert changed / (len(race_frames) * 480 * 1800) < 1e-4
@@ -292,12 +333,12 @@ def test_memory_is_flat_over_a_long_render(renderer_factory):
 
 def test_one_map_laid_on_later_frames_equals_drawing_it_afresh(renderer_factory, race_frames):
     renderer = renderer_factory()
-    result = renderer.compute(race_frames[0])
+    result = renderer.maps(race_frames[0])
     for image in race_frames[1:4]:  # live: the newest map on the frames that follow it
-        reused = renderer.compose(image.copy(), result)
-        fresh = renderer_factory().compose(image.copy(), result)
+        reused = renderer.composer(image.copy(), result)
+        fresh = renderer_factory().composer(image.copy(), result)
         np.testing.assert_array_equal(reused, fresh)
     renderer.apply({"threshold": 140.0})  # a change still redraws the kept colour layer
-    np.testing.assert_array_equal(renderer.compose(race_frames[5].copy(), result),
+    np.testing.assert_array_equal(renderer.composer(race_frames[5].copy(), result),
                                   renderer_factory(prof.load(PROFILE).replace(threshold=140))
-                                  .compose(race_frames[5].copy(), result))
+                                  .composer(race_frames[5].copy(), result))

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from carvis import pipeline, sources
+from carvis import jobs, maps, pipeline, sources
 from carvis import profile as prof
 from carvis.errors import CarvisError
 from carvis.frame import Frame
-from carvis.review import compose, frames, stats
+from carvis.review import frames, replay, stats
 from carvis.review import track as tr
 from carvis.review.app import Review
 from carvis.review.server import ReviewServer
@@ -43,16 +43,16 @@ class ListSink(Sink):
 
 
 class Calls:
-    """Counts Renderer.compute: every model call the review makes goes through it."""
+    """Counts MapMaker calls: every model call the review makes goes through one."""
 
     def __init__(self, mp: pytest.MonkeyPatch) -> None:
         self.n = 0
-        real = pipeline.Renderer.compute
+        real = maps.MapMaker.__call__
 
-        def counted(renderer, image):
+        def counted(maker, image):
             self.n += 1
-            return real(renderer, image)
-        mp.setattr(pipeline.Renderer, "compute", counted)
+            return real(maker, image)
+        mp.setattr(maps.MapMaker, "__call__", counted)
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,15 @@ def session() -> ModelSession:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, session, profile):
-    """A track of the synthetic clip, and the raw maps the renderer computed on the way."""
+    """A track of the synthetic clip, and the raw maps the map maker computed on the way."""
     path = tmp_path_factory.mktemp("track") / "clip.maps.h5"
-    renderer = pipeline.Renderer(session, profile.replace(hud=True))
+    maker = maps.MapMaker(session, profile.replace(hud=True))
     raws = []
-    real = renderer.normalizer
-    renderer.normalizer = lambda amap: (raws.append(np.array(amap)), real(amap))[1]
-    renderer.normalizer.reset = real.reset
+    real = maker.normalizer
+    maker.normalizer = lambda amap: (raws.append(np.array(amap)), real(amap))[1]
+    maker.normalizer.reset = real.reset
     with sources.open_source(SPEC) as source:
-        track = tr.record(source, renderer, path, source)
+        track = tr.record(source, maker, path, source)
     return track, raws
 
 
@@ -97,11 +97,10 @@ def test_track_round_trip(recorded, session, profile, tmp_path):
     assert steering.angle == pytest.approx(float(again.angle[7]))
     assert steering.angle_bins is not None and len(steering.angle_bins) == 5
     # The same track written during a render (carvis render --save-maps).
-    renderer = pipeline.Renderer(session, profile.replace(hud=True))
-    sink = ListSink()
-    with sources.open_source(SPEC) as source, \
-            tr.Recorder(renderer, tmp_path / "render.h5", source) as recorder:
-        assert pipeline.render(source, recorder, sink) == N
+    options = jobs.RenderOptions(profile.replace(hud=True), MODEL,
+                                 save_maps=tmp_path / "render.h5")
+    outcome = jobs.render_job(jobs.Job(SPEC, tmp_path / "out.avi"), options, session)
+    assert (outcome.error, outcome.frames) == (None, N)
     during = tr.Track(tmp_path / "render.h5")
     assert np.array_equal(during.maps, again.maps)
     np.testing.assert_allclose(during.angle, again.angle)
@@ -112,11 +111,11 @@ def test_mismatched_or_unfinished_track_is_refused_in_one_line(recorded, tmp_pat
     track, _ = recorded
     with sources.open_source("synthetic:frames=50,size=320x240") as shorter, \
             pytest.raises(CarvisError, match=r"source of 60 frames but synthetic:0 has 50") as e:
-        compose.open_track(track.path, shorter)
+        replay.open_track(track.path, shorter)
     assert "\n" not in str(e.value)
     with pytest.raises(CarvisError, match=r"made by default\.keras .* not by default\.tflite"):
-        compose.open_track(track.path, None, REPO / "models" / "default.tflite")
-    compose.open_track(track.path, None, MODEL)  # the model that made it: accepted
+        replay.open_track(track.path, None, REPO / "models" / "default.tflite")
+    replay.open_track(track.path, None, MODEL)  # the model that made it: accepted
     part = tmp_path / "cut.h5.part"
     shutil.copy(track.path, part)
     with pytest.raises(CarvisError, match="unfinished"):
@@ -132,32 +131,33 @@ def test_rerender_equals_the_model_render(recorded, session, profile, changes):
     track, _ = recorded
     wanted = profile.replace(**changes)
     # The model's render with its raw maps rounded as the track keeps them: the same pixels.
-    renderer = pipeline.Renderer(session, wanted)
-    real = renderer.normalizer
-    renderer.normalizer = lambda amap: real(np.asarray(amap, np.float16).astype(np.float32))
-    renderer.normalizer.reset = real.reset
-    plain = pipeline.Renderer(session, wanted)
+    renderer = pipeline.make_renderer(session, wanted)
+    real = renderer.maps.normalizer
+    renderer.maps.normalizer = lambda amap: real(np.asarray(amap, np.float16).astype(np.float32))
+    renderer.maps.normalizer.reset = real.reset
+    plain = pipeline.make_renderer(session, wanted)
     with sources.open_source(SPEC) as source:
-        model_frames = [renderer.process(f.image.copy()) for f in source]
+        model_frames = [renderer.render(f) for f in source]
     with sources.open_source(SPEC) as source:
-        plain_frames = [plain.process(f.image.copy()) for f in source]
+        plain_frames = [plain.render(f) for f in source]
+    drawn = pipeline.Renderer(replay.TrackMaps(track, replay.drawing_profile(track, wanted)),
+                              pipeline.Composer(replay.drawing_profile(track, wanted)))
     sink = ListSink()
     with sources.open_source(SPEC) as source:
-        assert compose.rerender(source, track.path, sink, wanted) == N
+        assert pipeline.render(source, drawn, sink) == N
     for ours, theirs, unrounded in zip(sink.frames, model_frames, plain_frames, strict=True):
         assert np.array_equal(ours, theirs)
         assert (ours != unrounded).any(axis=2).mean() < 0.01  # float16 moves a few edges
     # The page's random access gives the sequential normaliser's maps.
-    composer = compose.Composer(track, compose.drawing_profile(track, wanted))
-    replay = compose.Replay(composer)
+    track_maps = replay.TrackMaps(track, replay.drawing_profile(track, wanted))
     for row in range(N):
-        assert np.array_equal(composer.norm(row), replay.normalizer(track.raw(row)))
+        assert np.array_equal(track_maps.at(row).norm, track_maps.normalizer(track.raw(row)))
 
 
 def test_grid_view_is_refused_from_a_track(recorded):
     track, _ = recorded
     with pytest.raises(CarvisError, match="view grid needs every channel"):
-        compose.Composer(track, compose.drawing_profile(track, None, {"view": "grid"}))
+        replay.drawing_profile(track, None, {"view": "grid"})
 
 
 def test_frames_by_index_cache_and_keyframe_seek(tmp_path):
@@ -264,12 +264,13 @@ def test_second_review_reuses_the_tracks(two_models, profile):
 
 def test_stats_are_the_masks_area_and_balance(recorded):
     track, _ = recorded
-    composer = compose.Composer(track)
-    s = stats.map_stats(composer)
+    track_maps = replay.TrackMaps(track)
+    threshold = track_maps.profile.threshold
+    s = stats.map_stats(track_maps, threshold)
     row = 12
-    norm = composer.norm(row)
-    assert s["area"][row] == pytest.approx((norm > composer.overlay.threshold).mean())
-    lit = np.where(norm > composer.overlay.threshold, norm, 0)
+    norm = track_maps.at(row).norm
+    assert s["area"][row] == pytest.approx((norm > threshold).mean())
+    lit = np.where(norm > threshold, norm, 0)
     w = lit.shape[1]
     left, right = lit[:, : w // 2].sum(), lit[:, (w + 1) // 2:].sum()
     assert s["balance"][row] == pytest.approx((right - left) / (right + left), rel=1e-4)

@@ -12,7 +12,7 @@ import pytest
 from carvis import sources
 from carvis.errors import CarvisError
 from carvis.sinks.files import AviSink, PngDirSink
-from carvis.sinks.outputs import open_file_sink
+from carvis.sinks.table import SinkOptions, open_sink
 
 
 def _numbered_image(n: int, size=(32, 24)) -> np.ndarray:
@@ -97,16 +97,16 @@ def test_png_dir_sink_numbers_frames(tmp_path):
 
 def test_unwritable_outputs_fail_before_any_frame(tmp_path):
     with pytest.raises(CarvisError, match="folder does not exist"):
-        open_file_sink(tmp_path / "missing" / "out.avi", 30)
+        open_sink(tmp_path / "missing" / "out.avi", SinkOptions(30))
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(CarvisError, match="not a folder"):
-        open_file_sink(f, 30)
+        open_sink(f, SinkOptions(30))
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
         with pytest.raises(CarvisError, match="no permission"):
-            open_file_sink(ro / "out.avi", 30)
+            open_sink(ro / "out.avi", SinkOptions(30))
 
 
 def test_avi_size_change_mid_recording_is_fitted_not_lost(tmp_path, caplog):
@@ -123,20 +123,20 @@ def test_avi_size_change_mid_recording_is_fitted_not_lost(tmp_path, caplog):
 
 @pytest.mark.parametrize("name, words", [
     ("race.mov", [".mov is a video format carvis does not write", ".mp4, .mkv"]),
-    ("race.xyz", [".xyz is not an output carvis knows", "folder name"]),
+    ("race.xyz", [".xyz is not an output carvis writes", "folder name"]),
 ])
 def test_unknown_output_suffix_is_one_line_not_a_png_folder(tmp_path, name, words):
     with pytest.raises(CarvisError) as info:
-        open_file_sink(tmp_path / name, 30)
+        open_sink(tmp_path / name, SinkOptions(30))
     assert "\n" not in str(info.value) and all(w in str(info.value) for w in words)
     assert not (tmp_path / name).exists()
 
 
 def test_png_folder_of_an_earlier_render_is_refused_not_mixed(tmp_path):
     out = tmp_path / "frames"
-    with open_file_sink(out, 30) as sink:
+    with open_sink(out, SinkOptions(30)) as sink:
         for i in range(3):
             sink.write(_numbered_image(i))
     with pytest.raises(CarvisError, match="already holds 3 frames of an earlier render"):
-        open_file_sink(out, 30)
+        open_sink(out, SinkOptions(30))
     assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png"]

@@ -284,11 +284,13 @@ def test_render_summary_is_the_hand_computed_difference(tmp_path, clock, capsys)
     worst = sorted(range(len(errors)), key=lambda k: (-errors[k], k))[:5]
     err = render_cli(capsys, str(tub), "-o", str(tmp_path / "out"))
     line = next(x for x in err.splitlines() if "recorded vs predicted" in x)
-    assert f"over {len(frames)} frames" in line
+    assert f"over {len(frames)} records" in line
     assert f"mean |difference| {np.mean(errors):.3f};" in line
+    # Records by their own index (what --start and --frame take): 4 was deleted.
     shown = [int(x) for x in re.findall(r"(\d+) \([+-]", line)]
-    assert shown == worst
-    assert f"{worst[0]} ({recorded[worst[0]]:+.2f} vs {predicted[worst[0]]:+.2f})" in line
+    assert shown == [frames[k].record["_index"] for k in worst]
+    k = worst[0]
+    assert f"record {frames[k].number} ({recorded[k]:+.2f} vs {predicted[k]:+.2f})" in line
     assert len(list((tmp_path / "out").glob("*.png"))) == len(frames) == 13
 
 
@@ -296,7 +298,7 @@ def test_start_and_end_by_frame_and_by_time(tmp_path, clock, capsys):
     tub = tmp_path / "tub"
     write_track_session(tub, 12)
     err = render_cli(capsys, str(tub), "-o", str(tmp_path / "a"), "--start", "2", "--end", "7")
-    assert "5 frames written" in err and "over 5 frames" in err
+    assert "5 frames written" in err and "over 5 records" in err
     # 20 fps from the timestamps: 0.15 s is frame 3, 0:00.5 is frame 10
     err = render_cli(capsys, str(tub), "-o", str(tmp_path / "b"), "--start", "0.15s",
                      "--end", "0:00.5")
@@ -307,18 +309,28 @@ def test_start_and_end_by_frame_and_by_time(tmp_path, clock, capsys):
 
 
 def test_frame_positions_are_one_parser_for_every_source():
-    from carvis.sources import frame_position, select_frames
+    from carvis.frame import Frame
+    from carvis.sources import Position, frame_position, select_frames
 
-    assert frame_position("120", 20.0) == 120
-    assert frame_position("12.5s", 20.0) == 250
-    assert frame_position("1:05", 30.0) == 1950
-    assert frame_position(None, 20.0) is None
-    for bad in ("12.5", "-3", "ten", "1:xx"):
+    assert frame_position("120") == Position(120)
+    assert frame_position("12.5s") == Position(12.5, seconds=True)
+    assert frame_position("1:05") == Position(65.0, seconds=True)
+    assert frame_position(None) is None
+    for bad in ("12.5", "-3", "ten", "1:xx", "²"):
         with pytest.raises(CarvisError, match=r"--end .* is not a frame number or a time"):
-            frame_position(bad, 20.0, "--end")
+            frame_position(bad, "--end")
     with pytest.raises(CarvisError, match="must come after --start"):
-        select_frames([], 5, 5)
-    assert [f for f in select_frames(iter(range(10)), 3, 6)] == [3, 4, 5]
+        list(select_frames([], 20.0, Position(5), Position(5)))
+    video = [Frame(np.zeros((1, 1, 3), np.uint8), i, 0.0) for i in range(10)]
+    assert [f.index for f in select_frames(video, 20.0, Position(3), Position(6))] == [3, 4, 5]
+    # a time: the frame nearest it first (0.15 s at 20 fps is frame 3)
+    assert [f.index for f in select_frames(video, 20.0, Position(0.15, True),
+                                           Position(0.3, True))] == [3, 4, 5]
+    # a tub: numbers are record indexes (2 deleted), times its own timestamps
+    tub = [Frame(np.zeros((1, 1, 3), np.uint8), k, 0.0, record={"_index": n}, time=t)
+           for k, (n, t) in enumerate([(0, 0.0), (1, 0.05), (3, 0.2), (4, 0.25)])]
+    assert [f.number for f in select_frames(tub, 20.0, Position(2))] == [3, 4]
+    assert [f.number for f in select_frames(tub, 20.0, Position(0.1, True))] == [3, 4]
 
 
 def test_hud_shows_the_records_steering_beside_the_models(tmp_path, clock):
@@ -329,12 +341,12 @@ def test_hud_shows_the_records_steering_beside_the_models(tmp_path, clock):
 
     write_track_session(tmp_path / "tub", 3)
     session, profile = session_and_profile(tmp_path)
-    renderer = pipeline.Renderer(session, profile.replace(hud=True))
+    renderer = pipeline.make_renderer(session, profile.replace(hud=True))
     frame = list(TubSource(tmp_path / "tub"))[2]
-    out = renderer.process_frame(frame)
+    out = renderer.render(frame)
     rec = Steering(frame.record["user/angle"], frame.record["user/throttle"])
     rows = [(hud.label("recorded", rec), hud.RECORDED),
-            (hud.label("predicted", renderer.steering), hud.PREDICTED)]
+            (hud.label("predicted", renderer.last_map.steering), hud.PREDICTED)]
     assert rows[0][0] == f"recorded {rec.angle:+.2f} thr {rec.throttle:.2f}"
     expected = np.zeros_like(out)
     hud.legend(expected, rows, hud.line_layout(out.shape).scale)
@@ -374,4 +386,4 @@ def test_inspect_takes_a_tub_and_a_frame_number(tmp_path, clock, capsys):
     assert "say which with --frame N" in capsys.readouterr().err
     assert cli.main(["inspect", "models/default.keras", str(tub), "--frame", "6", "-o",
                      str(outs[0])]) != 0
-    assert "has 6 frames; give --frame 0..5" in capsys.readouterr().err
+    assert "tub has no such frame; give one of its records 0..5" in capsys.readouterr().err

@@ -4,6 +4,7 @@ computed from primitives (slices, kron, applyColorMap) where they can be."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import cv2
@@ -275,30 +276,49 @@ def test_a_lone_steering_value_keeps_the_needle_and_bins_keep_the_bar():
 
 def test_strip_chart_plots_the_last_seconds_below_the_frame():
     chart = hud.StripChart(seconds=2.0, fps=10.0, height=60)
-    assert chart.capacity == 20
     frame = np.full((120, 160, 3), 40, np.uint8)
     predicted = [math.sin(k / 4) for k in range(30)]
     recorded = [None if 22 <= k < 26 else 0.5 for k in range(30)]
-    for r, p in zip(recorded, predicted, strict=True):
-        out = chart(frame, r, p)
+    pictures = [chart(frame, r, p) for r, p in zip(recorded, predicted, strict=True)]
+    out = pictures[-1]
     assert out.shape == (180, 160, 3)
     np.testing.assert_array_equal(out[:120], frame)
     layout = chart.layout(frame.shape)
     assert layout.y(1.0) < layout.y(0.0) < layout.y(-1.0), "right (+1) at the top"
-    kept_p = predicted[-20:]
-    for k in range(20):
-        x = layout.x(k, 20, 20)
-        assert colour_mask(out, hud.PREDICTED)[layout.y(kept_p[k]), x], f"predicted sample {k}"
-    assert layout.x(19, 20, 20) == layout.x1 and layout.x(0, 20, 20) == layout.x0
+    # Counted at 10 fps the newest sample (29) is 2.9 s: the last 2 s are samples 9..29.
+    assert [round(t * 10) for t, _, _ in chart.samples] == list(range(9, 30))
+    blue = colour_mask(out, hud.PREDICTED)
+    for k in range(9, 30):
+        assert blue[layout.y(predicted[k]), layout.x((29 - k) / 10, 2.0)], f"sample {k}"
+    assert layout.x(0.0, 2.0) == layout.x1 and layout.x(2.0, 2.0) == layout.x0
     green = colour_mask(out, hud.RECORDED)
     y = layout.y(0.5)
-    # samples 22..25 (kept as 12..15) are missing: nothing green between 11 and 16
-    gap = range(layout.x(11, 20, 20) + 1, layout.x(16, 20, 20))
+    # samples 22..25 are missing: nothing green between 21 and 26
+    gap = range(layout.x(0.8, 2.0) + 1, layout.x(0.3, 2.0))
     assert not green[:, list(gap)].any(), "a missing recorded value breaks the line"
-    assert green[y, layout.x(0, 20, 20)] or green[y, layout.x(1, 20, 20)]
-    assert green[y, layout.x(10, 20, 20)] or colour_mask(out, hud.PREDICTED)[y, layout.x(
-        10, 20, 20)]
-    assert chart(frame, 0.0, 0.0) is out, "the output buffer is kept between frames"
+    assert green[y, layout.x(2.0, 2.0)] or green[y, layout.x(1.9, 2.0)]
+    # Every call is a new picture: a writer thread may still be reading the last one.
+    assert not any(np.shares_memory(a, b) for a, b in itertools.pairwise(pictures))
+
+
+def test_strip_chart_keeps_seconds_of_the_sources_own_clock():
+    chart = hud.StripChart(seconds=1.0, fps=20.0, height=60)
+    frame = np.full((120, 160, 3), 40, np.uint8)
+    # A tub at 20 fps whose recording paused 3 s after its 30th record: the window is one
+    # second of timestamps, not 20 samples, and the pause breaks the lines.
+    times = [k / 20 for k in range(30)] + [4.5 + k / 20 for k in range(10)]
+    for t in times:
+        out = chart(frame, 0.5, -0.5, t)
+    assert [t for t, _, _ in chart.samples] == times[30:]
+    chart = hud.StripChart(seconds=5.0, fps=20.0, height=60)
+    for t in times:
+        out = chart(frame, 0.5, -0.5, t)
+    layout = chart.layout(frame.shape)
+    green = colour_mask(out, hud.RECORDED)
+    y = layout.y(0.5)
+    before, after = layout.x(4.95 - 1.45, 5.0), layout.x(4.95 - 4.5, 5.0)
+    assert green[y, before] and green[y, after]
+    assert not green[y, before + 2:after - 1].any(), "a pause in the recording breaks the line"
 
 
 def test_strip_chart_needs_a_span():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,105 +42,76 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from carvis import pipeline, sources
-    from carvis.session import ModelSession
-    from carvis.sinks.outputs import open_file_sink
-
-    if len(args.source) > 1 or args.jobs is not None or args.format is not None:
-        return _render_batch(args)
-    args.source = args.source[0]
-    if args.maps:
-        return _render_from_track(args)
-    profile, model_path = resolve_profile(args)
+    """`carvis render`: one source in this process, several through the batch's workers —
+    both through carvis.jobs.render_job, the one render path."""
     if args.max_frames is not None and args.max_frames < 1:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
-    source = sources.open_source(args.source, fps=args.fps)
-    with source:
-        start = sources.frame_position(args.start, source.fps, "--start") or 0
-        end = sources.frame_position(args.end, source.fps, "--end")
-        frames = sources.select_frames(source, start, end)
-        sink = open_file_sink(args.output, source.fps)
-        session = ModelSession(model_path, backend=args.backend,
-                               lambda_policy=args.lambda_policy)
-        renderer = _steering_renderer(args, session, profile, source)
-        recorder = None
-        if args.save_maps:
-            from carvis.review.track import Recorder
-
-            recorder = renderer = Recorder(renderer, args.save_maps, source)
-        if not args.quiet:
-            print(f"carvis: {session.describe(renderer.layer_name)}", file=sys.stderr)
-        total = source.frame_count
-        if total is not None:
-            total = max(0, min(total, end if end is not None else total) - start)
-        if args.max_frames is not None:
-            import itertools
-
-            frames = itertools.islice(frames, args.max_frames)
-            total = min(total, args.max_frames) if total else args.max_frames
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True,
-                   desc=Path(args.output).name)
-        written = 0
-        try:
-            with sink, recorder or contextlib.nullcontext():
-                written = pipeline.render(frames, renderer, sink, progress=bar.update)
-        except KeyboardInterrupt:
-            bar.close()
-            print(f"carvis: interrupted: {sink.frames} frames written to {args.output} "
-                  "(the file is complete up to there)", file=sys.stderr)
-            return 130
-        finally:
-            bar.close()
-        skipped = getattr(source, "skipped", [])
-        if skipped:
-            names = ", ".join(Path(str(p)).name for p in skipped[:5])
-            print(f"carvis: warning: skipped {count(len(skipped), 'unreadable image')} "
-                  f"({names}{', ...' if len(skipped) > 5 else ''}); the output has one frame "
-                  "per image read, numbered in order without them", file=sys.stderr)
-        if not args.quiet:
-            print(f"carvis: {count(written, 'frame')} written to {args.output}",
-                  file=sys.stderr)
-        if renderer.log.rows:
-            print(f"carvis: {renderer.log.summary()}", file=sys.stderr)
-    return 0
+    if len(args.source) > 1 or args.jobs is not None or args.format is not None:
+        return _render_batch(args)
+    return _render_one(args)
 
 
-def _render_from_track(args: argparse.Namespace) -> int:
-    """`carvis render SOURCE --maps TRACK -o OUT`: the track's maps re-drawn, no model."""
+def _options(args: argparse.Namespace) -> Any:
+    """The RenderOptions the flags ask for (a map track's drawing flags kept apart)."""
+    from carvis import jobs
+    from carvis import profile as prof
+
+    if args.maps:
+        profile = prof.load(args.profile) if args.profile else None
+        model = Path(args.model) if args.model else None
+        draw = tuple((k, getattr(args, k)) for k in ("threshold", "colormap", "view", "hud",
+                                                      "compare")
+                     if getattr(args, k, None) is not None)
+    else:
+        (profile, model), draw = resolve_profile(args), ()
+    return jobs.RenderOptions(profile, model, args.backend, args.lambda_policy, args.fps,
+                              args.start, args.end, args.max_frames, args.plot,
+                              args.plot_seconds, args.hud,
+                              save_maps=Path(args.save_maps) if args.save_maps else None,
+                              maps=Path(args.maps) if args.maps else None, draw=draw)
+
+
+def _render_one(args: argparse.Namespace) -> int:
+    """One source to one output, with a progress bar; Ctrl-C keeps what was written."""
     from tqdm import tqdm
 
-    from carvis import profile as prof
-    from carvis import sources
-    from carvis.review.compose import rerender
-    from carvis.sinks.outputs import open_file_sink
+    from carvis import jobs
 
-    flags = {k: getattr(args, k, None) for k in ("threshold", "colormap", "view", "hud",
-                                                   "compare")}
-    with sources.open_source(args.source, fps=args.fps) as source, \
-            open_file_sink(args.output, source.fps) as sink:
-        bar = tqdm(total=source.frame_count, unit="frame", disable=args.quiet,
-                   desc=Path(args.output).name)
-        try:
-            written = rerender(source, args.maps, sink,
-                               prof.load(args.profile) if args.profile else None, flags,
-                               model=args.model, progress=bar.update)
-        finally:
+    options = _options(args)
+    job = jobs.Job(args.source[0], Path(args.output))
+    session = jobs.open_session(options)
+    bars: list[Any] = []  # made when the job starts, after its start-up line
+
+    def progress(kind: str, value: Any) -> None:
+        if kind == "start":
+            if not args.quiet:
+                print(f"carvis: {value['describe']}", file=sys.stderr, flush=True)
+            bars.append(tqdm(total=value["frames"], unit="frame", disable=args.quiet,
+                             dynamic_ncols=True, desc=job.output.name))
+        else:
+            bars[0].update(value)
+
+    try:
+        outcome = jobs.render_job(job, options, session, progress)
+    finally:
+        for bar in bars:
             bar.close()
-    print(f"carvis: {count(written, 'frame')} re-drawn from {args.maps} to {args.output} "
-          "(no model)", file=sys.stderr)
+    if outcome.interrupted:
+        print(f"carvis: interrupted: {count(outcome.frames, 'frame')} written to {args.output} "
+              "(the file is complete up to there)", file=sys.stderr)
+        return 130
+    if outcome.error:
+        raise CarvisError(outcome.error)
+    for note in outcome.notes:
+        warning = "warning: " if note.startswith("skipped") else ""
+        print(f"carvis: {warning}{note}", file=sys.stderr)
+    if args.maps:
+        print(f"carvis: {count(outcome.frames, 'frame')} re-drawn from {args.maps} to "
+              f"{args.output} (no model)", file=sys.stderr)
+    elif not args.quiet:
+        print(f"carvis: {count(outcome.frames, 'frame')} written to {args.output}",
+              file=sys.stderr)
     return 0
-
-
-def _steering_renderer(args: argparse.Namespace, session: object, profile: object,
-                       source: object) -> object:
-    """The Renderer; on a tub (or with --plot) its HUD shows the recorded steering beside the
-    model's unless --no-hud, and --plot charts both."""
-    from carvis.batch import steering_renderer
-
-    return steering_renderer(session, profile, source, plot=args.plot,
-                             plot_seconds=args.plot_seconds, hud_on=args.hud)
 
 
 def _render_batch(args: argparse.Namespace) -> int:
@@ -152,25 +122,25 @@ def _render_batch(args: argparse.Namespace) -> int:
 
     from carvis import batch
 
-    profile, model_path = resolve_profile(args)
+    if args.save_maps or args.maps:
+        raise CarvisError("--save-maps/--maps take one source and one track; render the "
+                          "sources one at a time for their tracks")
+    options = _options(args)
     jobs = batch.plan(args.source, args.output, args.format or "mp4")
     workers = args.jobs or batch.default_jobs()
-    settings = batch.BatchOptions(profile, model_path, args.backend, args.lambda_policy,
-                                    args.fps, args.start, args.end, args.max_frames, args.plot,
-                                    args.plot_seconds, args.hud)
     bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True,
                desc=f"0/{len(jobs)} files")
     failed: list[str] = []
     finished: list[batch.Outcome] = []
 
-    def progress(_number: int, kind: str, value: int | None) -> None:
+    def progress(_number: int, kind: str, value: Any) -> None:
         if kind == "start":
-            bar.total += value or 0
+            bar.total += value["frames"] or 0
             bar.refresh()
         else:
             bar.update(value)
 
-    def done(o: batch.Outcome) -> None:
+    def done(o: Any) -> None:
         finished.append(o)
         bar.set_description(f"{len(finished)}/{len(jobs)} files")
         if o.error:
@@ -183,7 +153,7 @@ def _render_batch(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        batch.run(jobs, settings, workers, progress, done)
+        batch.run(jobs, options, workers, progress, done)
     finally:
         bar.close()
     gone = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""

@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"size and {source.fps:g} fps", file=sys.stderr)
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
-        runner = live.LiveRunner(source, pipeline.Renderer(session, profile), options)
+        runner = live.build(source, pipeline.make_renderer(session, profile), options)
         interrupts = 0
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -117,10 +117,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        print(f"carvis: stopped: {runner.summary()}", file=sys.stderr, flush=True)
-        for line in runner.recorder.failures:  # the run went on; the exit status says it
+        print(f"carvis: stopped: {runner.report.summary()}", file=sys.stderr, flush=True)
+        failures = runner.panel.recorder.failures
+        for line in failures:  # the run went on; the exit status says it
             print(f"carvis: error: {line}", file=sys.stderr, flush=True)
-    return 1 if runner.recorder.failures else 0
+    return 1 if failures else 0
 
 
 def _publish(args: argparse.Namespace) -> dict:

@@ -2,8 +2,8 @@
 
 The output loop hands it a copy of a frame whenever it is idle and lays the newest map on every
 frame it sends out, so the frame rate is the camera's whatever the model costs. A map is laid on
-the frame it was computed from or a later one, never an older one. Settings changes are applied
-here too, between two maps: the renderer's model-side state has one thread.
+the frame it was computed from or a later one, never an older one. This thread owns the map
+maker: its settings change here too, between two maps (carvis.live.controls).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from carvis import handoff
 from carvis.frame import Frame
 from carvis.live.capture import RateMeter
-from carvis.pipeline import MapResult, Renderer
+from carvis.maps import MapMaker, MapResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +32,9 @@ class Map:
 class MapThread:
     """Computes maps on the newest offered frame in its own thread; the newest is ``latest``."""
 
-    def __init__(self, renderer: Renderer, between: Callable[[], None]) -> None:
-        self.renderer = renderer
-        self.between = between  # run between two maps (the queued settings changes)
+    def __init__(self, maker: MapMaker, between: Callable[[], None]) -> None:
+        self.maker = maker
+        self.between = between  # run between two maps (the map maker's settings changes)
         self.latest: Map | None = None
         self.error: BaseException | None = None
         self.rate = RateMeter()
@@ -59,7 +60,7 @@ class MapThread:
         with self._cond:
             if self._busy or self._offered is not None:
                 return False
-            self._offered = (seq, dataclasses.replace(frame, image=frame.image.copy()))
+            self._offered = (seq, handoff.copied(frame))
             self._cond.notify_all()
         return True
 
@@ -87,7 +88,7 @@ class MapThread:
                     continue
                 seq, frame = item
                 t0 = time.perf_counter()
-                result = self.renderer.compute(frame.image)
+                result = self.maker(frame.image)
                 done = Map(result, seq, frame.timestamp, time.perf_counter() - t0)
                 with self._cond:
                     self.latest, self._busy = done, False

@@ -24,9 +24,8 @@ import numpy as np
 from carvis.errors import CarvisError
 from carvis.frame import Frame
 from carvis.sinks import Sink
-from carvis.sinks.files import AviSink
+from carvis.sinks.table import SinkOptions, open_sink
 from carvis.sinks.threaded import SinkWorker
-from carvis.sinks.video import VideoSink
 
 #: Where a recorder's notes go: (logging level, text).
 Say = Callable[[int, str], None]
@@ -57,10 +56,8 @@ def check_record_path(path: str | Path, what: str = "--record") -> Path:
 
 
 def open_recording(path: Path, fps: float) -> Sink:
-    """The sink for a live recording, by its suffix."""
-    if path.suffix.lower() == ".avi":
-        return AviSink(path, fps)
-    return VideoSink(path, fps, preset=LIVE_PRESET)
+    """The sink for a live recording, by its suffix (the sinks table's)."""
+    return open_sink(path, SinkOptions(fps, preset=LIVE_PRESET), allowed=RECORD_SUFFIXES)
 
 
 class Timeline(Sink):
@@ -119,12 +116,14 @@ class Timeline(Sink):
 
 
 def record_names(first: str | None, folder: str) -> Iterator[Path]:
-    """The files recordings go to: first, first-2, ...; without one, stamped names in folder."""
+    """The files recordings go to: first, first-2, ... (a name that exists is passed over,
+    never overwritten); without one, stamped names in folder."""
     if first:
         path = Path(first)
-        yield path
-        for n in itertools.count(2):
-            yield path.with_name(f"{path.stem}-{n}{path.suffix}")
+        for candidate in itertools.chain([path], (path.with_name(f"{path.stem}-{n}{path.suffix}")
+                                                  for n in itertools.count(2))):
+            if not candidate.exists():
+                yield candidate
     while True:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(folder) / f"carvis-{stamp}{DEFAULT_SUFFIX}"
@@ -147,6 +146,7 @@ class Recorder:
         self.failures: list[str] = []  # one line per recording that failed
         self._say = say
         self._names = record_names(first, folder)
+        self._first = Path(first) if first else None
         self._closing: list[SinkWorker] = []
 
     @property
@@ -164,6 +164,9 @@ class Recorder:
         """Open the next file and record to it."""
         path = check_record_path(next(self._names), "recording")
         sink = Timeline(open_recording(path, self.fps), path, self.fps)
+        if self._first is not None and path != self._first and not self.paths:
+            self._say(logging.WARNING, f"{self._first} exists: recording to {path} instead "
+                      "(carvis never overwrites a recording)")
         self.worker = SinkWorker(sink, "record", policy="drop-new", maxsize=self.queue_size,
                                  drain_on_close=True)
         self.paths.append(str(path))
@@ -187,11 +190,10 @@ class Recorder:
         elif not on and self.worker is not None:
             self.stop()
 
-    def put(self, frame: Frame) -> None:
-        """Queue a frame for the file, if recording."""
+    def put(self, frame: Frame) -> bool:
+        """Queue a frame for the file, if recording; True if it was taken."""
         worker = self.worker
-        if worker is not None:
-            worker.put(frame)
+        return worker is not None and worker.put(frame)
 
     def check(self) -> bool:
         """A failed recording stops recording, in one line (stream and display go on); True

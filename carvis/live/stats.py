@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from carvis.live import metrics
 from carvis.live.capture import CaptureThread, RateMeter
+from carvis.live.console import NOTES
 from carvis.live.inference import MapThread
 from carvis.sinks.threaded import SinkWorker, percentile_ms
 
@@ -111,6 +113,47 @@ def summary(meter: LoopMeter, capture: CaptureThread, model: MapThread) -> str:
             if capture.losses else "")
     return (f"{meter.processed} frames processed of {capture.captured} captured "
             f"({capture.dropped} dropped to stay live), {model.computed} maps{lost}")
+
+
+class Report:
+    """What the live run says of itself: /stats, /metrics, the display's line, the summary."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, rates, per-stage times and latency, JSON-ready (any thread)."""
+        r = self.runner
+        recorder = r.panel.recorder
+        sinks = {name: w.stats() for name, w in r.sinks.items()}
+        record = recorder.stats()
+        if record is not None:
+            sinks["record"] = record
+        encoder = getattr(r.sinks.get("mjpeg"), "sink", None)
+        out = live_stats(r.meter, r.capture, sinks, source=r.source.name,
+                         running=r.panel.running, recording=recorder.recording,
+                         encoded=getattr(encoder, "encodes", 0))
+        out.update(map=map_stats(r.map_age, r.model), signal=signal_stats(r.capture),
+                   placeholders=r.placeholders, record_error=recorder.failure,
+                   record_failures=list(recorder.failures), notes=NOTES.snapshot())
+        return out
+
+    def metrics(self) -> str:
+        """The stats in Prometheus' text format (any thread)."""
+        r = self.runner
+        full = r.server.stats() if r.server is not None else self.stats()
+        return metrics.render(full, r.hists)
+
+    def hud_text(self) -> str:
+        """One status line for the display."""
+        r = self.runner
+        shown = r.controls.settings() or r.panel.current_settings()
+        return hud_text({**shown, "recording": r.panel.recorder.recording}, r.meter, r.capture,
+                        r.sinks.get("display"), r.map_age)
+
+    def summary(self) -> str:
+        """One line on how the run went."""
+        return summary(self.runner.meter, self.runner.capture, self.runner.model)
 
 
 def _round(v: float | None) -> float | None:

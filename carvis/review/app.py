@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -25,20 +26,23 @@ import numpy as np
 from carvis import profile as prof
 from carvis import settings, sources, views
 from carvis.backends.cache import cache_dir, file_sha256
+from carvis.composer import Composer
 from carvis.errors import CarvisError
-from carvis.pipeline import Renderer
+from carvis.maps import MapMaker
 from carvis.review import stats
-from carvis.review.compose import PAGE_KEYS, Composer
 from carvis.review.frames import CacheWriter, FrameCache
+from carvis.review.replay import GRID_HELP, TrackMaps
 from carvis.review.track import Track, record
 from carvis.session import ModelSession
-from carvis.sinks.video import VideoSink
+from carvis.sinks.table import SinkOptions, open_sink
 
 log = logging.getLogger("carvis")
 
 #: What a bar of progress is made from: (description, total) -> update(n).
 Progress = Callable[[str, int | None], Callable[[int], None]]
 MAP_KEYS = ("layer", "channel", "mode", "target", "smoothgrad")
+#: What the review page may change, each checked by carvis.settings.
+PAGE_KEYS = ("threshold", "colormap", "overlay", "view", "hud", "compare", "normalize")
 
 
 def source_key(spec: str) -> str:
@@ -87,9 +91,11 @@ class Review:
         self.tracks = [self._track(Path(path), profile) for path, profile in models]
         if self.frames is None:  # every track was kept, the frame cache was not
             self._pass(None)
-        self.composers = [Composer(t) for t in self.tracks]
+        self.maps = [TrackMaps(t) for t in self.tracks]
+        self.composers = [Composer(m.profile) for m in self.maps]
         self.labels = self._labels([Path(p) for p, _ in models])
         self.requests: list[float] = []  # seconds per frame answered
+        self.lock = threading.Lock()
 
     def _track(self, model: Path, profile: prof.Profile) -> Track:
         if not model.is_file():
@@ -102,30 +108,30 @@ class Review:
             log.info("map track of %s kept from an earlier review: %s", model.name, path)
             return track
         session = ModelSession(model, backend=self.backend, lambda_policy=self.lambda_policy)
-        # The HUD on: the explainer runs to the model's output, so every frame's prediction
-        # is kept in the track (the page draws or hides the HUD from it).
+        # The steering on: the explainer runs to the model's output, so every frame's
+        # prediction is kept in the track (the page draws or hides the HUD from it).
         try:
-            renderer = Renderer(session, profile.replace(hud=True))
+            maker = MapMaker(session, profile, steering=True)
         except CarvisError as exc:
             log.warning("%s: no prediction on the page: %s", model.name, exc)
-            renderer = Renderer(session, profile)
-        return self._pass(renderer, path, model.name)
+            maker = MapMaker(session, profile)
+        return self._pass(maker, path, model.name)
 
-    def _pass(self, renderer: Renderer | None, path: Path | None = None, what: str = "frames"
+    def _pass(self, maker: MapMaker | None, path: Path | None = None, what: str = "frames"
               ) -> Track | None:
         """One pass over the source: a model's track, and the frame cache if there is none."""
         update = self.progress(what, self.frame_count) if self.progress else None
         writer = None if self.frames is not None else CacheWriter(self.folder / "frames.jpg")
         try:
             with sources.open_source(self.spec, fps=self.fps_flag) as source:
-                if renderer is None:
+                if maker is None:
                     for frame in source:
                         writer(frame)
                         if update:
                             update(1)
                     track = None
                 else:
-                    track = record(source, renderer, path, source, update, writer)
+                    track = record(source, maker, path, source, update, writer)
                     self.model_calls += len(track)
         except BaseException:
             if writer is not None:
@@ -155,13 +161,17 @@ class Review:
 
     def settings(self) -> dict[str, Any]:
         """The drawing settings in force (the same for every model)."""
-        return self.composers[0].settings()
+        return {**self.composers[0].settings(), "normalize": self.maps[0].normalize}
 
     def change(self, changes: Any) -> dict[str, Any]:
         """Check a change with carvis.settings, apply it to every model's drawing."""
         values = settings.validate(changes, keys=PAGE_KEYS)
-        for composer in self.composers:
-            composer.apply(values)
+        if values.get("view") == "grid":
+            raise CarvisError(GRID_HELP)
+        with self.lock:
+            for maps, composer in zip(self.maps, self.composers, strict=True):
+                maps.apply(values)
+                composer.apply(values)
         return self.settings()
 
     def info(self) -> dict[str, Any]:
@@ -177,7 +187,7 @@ class Review:
     def timeline(self) -> dict[str, Any]:
         """The chart's series at the settings in force."""
         # Marks a second apart, or closer on a short source: about 40 of them could fit.
-        return stats.timeline(self.composers,
+        return stats.timeline(self.maps, self.composers,
                               spacing=max(1, min(round(self.fps), len(self) // 40)))
 
     def picture(self, n: int, model: int | None = None) -> np.ndarray:
@@ -190,10 +200,11 @@ class Review:
         if not set(chosen) <= set(range(len(self.composers))):
             raise CarvisError(f"model {model} is out of range; give 0..{len(self.composers) - 1}")
         pictures = []
-        for k in chosen:
-            composer = self.composers[k]
-            pictures.append(composer.compose(image.copy() if len(chosen) > 1 else image,
-                                             composer.track.row(n)))
+        with self.lock:  # the composers' buffers and settings: one request draws at a time
+            for k in chosen:
+                maps, row = self.maps[k], self.maps[k].track.row(n)
+                pictures.append(self.composers[k](image.copy() if len(chosen) > 1 else image,
+                                                  maps.at(row), maps.track.recorded(row)))
         out = pictures[0] if len(pictures) == 1 else views.side_by_side(
             pictures[0], pictures[1], labels=self.labels)
         self.requests.append(time.perf_counter() - t0)
@@ -212,7 +223,7 @@ class Review:
         if not 0 <= start <= end < len(self):
             raise CarvisError(f"range {start}..{end} is not valid; give 0 <= start <= end <= "
                               f"{len(self) - 1}")
-        with VideoSink(path, self.fps) as sink:
+        with open_sink(path, SinkOptions(self.fps), allowed=(".mp4",)) as sink:
             for n in range(start, end + 1):
                 sink.write(self.picture(n))
             return sink.frames

@@ -6,25 +6,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from carvis.review.compose import Composer
+from carvis.composer import Composer
+from carvis.review.replay import TrackMaps
 
 
-def normalized(composer: Composer) -> np.ndarray:
-    """Every row's map on 0..255 under the composer's normalisation, float32 (N, h, w)."""
-    maps = composer.track.maps.astype(np.float32)
-    lo = composer.lo.astype(np.float32)[:, None, None]
-    span = (composer.hi - composer.lo).astype(np.float32)[:, None, None]
+def normalized(track_maps: TrackMaps) -> np.ndarray:
+    """Every row's map on 0..255 under the track maps' normalisation, float32 (N, h, w)."""
+    maps = track_maps.track.maps.astype(np.float32)
+    lo = track_maps.lo.astype(np.float32)[:, None, None]
+    span = (track_maps.hi - track_maps.lo).astype(np.float32)[:, None, None]
     scale = np.divide(np.float32(255.0), span, out=np.zeros_like(span), where=span > 0)
     maps -= lo
     maps *= scale
     return np.clip(maps, 0.0, 255.0, out=maps)
 
 
-def map_stats(composer: Composer) -> dict[str, np.ndarray]:
+def map_stats(track_maps: TrackMaps, threshold: float) -> dict[str, np.ndarray]:
     """Mask area (share of the map above the threshold) and left/right balance of the masked
     map, -1 (all on the left) .. +1 (all on the right), per row, at map resolution."""
-    norm = normalized(composer)
-    mask = norm > composer.overlay.threshold
+    norm = normalized(track_maps)
+    mask = norm > threshold
     lit = np.where(mask, norm, 0.0)
     w = lit.shape[2]
     left = lit[:, :, : w // 2].sum(axis=(1, 2))
@@ -62,28 +63,29 @@ def _series(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
 
 
-def timeline(composers: list[Composer], spacing: int = 10) -> dict:
+def timeline(track_maps: list[TrackMaps], composers: list[Composer], spacing: int = 10
+             ) -> dict:
     """The chart's data: per model its predicted angle, mask area and balance; the recorded
     angle; the models' disagreement; and the frames to look at (recorded vs predicted, else
     model vs model)."""
-    first = composers[0].track
+    first = track_maps[0].track
     out: dict = {"frame": [int(i) for i in first.index], "time": _series(first.time),
                  "models": []}
     masks = []
-    for composer in composers:
-        s = map_stats(composer)
+    for maps, composer in zip(track_maps, composers, strict=True):
+        s = map_stats(maps, composer.overlay.threshold)
         masks.append(s.pop("mask"))
-        out["models"].append({"angle": _series(composer.track.angle),
+        out["models"].append({"angle": _series(maps.track.angle),
                               "area": _series(s["area"]), "balance": _series(s["balance"])})
     error = None
     if first.has_recorded:
         out["recorded"] = _series(first.recorded_angle)
         error = np.abs(first.recorded_angle - first.angle)
-    if len(composers) > 1:
+    if len(track_maps) > 1:
         out["disagreement"] = _series(disagreement(masks[0], masks[1]))
         if error is None:
-            error = np.abs(composers[1].track.angle - first.angle)
+            error = np.abs(track_maps[1].track.angle - first.angle)
     out["marks"] = [] if error is None else worst(error, spacing=spacing)
     out["marked_by"] = ("recorded vs predicted" if first.has_recorded else
-                        "model vs model" if len(composers) > 1 else None)
+                        "model vs model" if len(track_maps) > 1 else None)
     return out

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import h5py
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from carvis import __version__, pilot
 from carvis.errors import CarvisError
 from carvis.frame import Frame
-from carvis.pipeline import Renderer
+from carvis.maps import MapMaker, MapResult
 
 log = logging.getLogger("carvis")
 
@@ -36,44 +36,19 @@ SCALARS = ("time", "angle", "throttle", "recorded_angle", "recorded_throttle", "
 GROW = 256  # rows written to the file at a time
 
 
-class RawTap:
-    """Stands in for a Renderer's normaliser: keeps the raw map it is given, then normalises."""
-
-    def __init__(self, normalizer: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.inner = normalizer
-        self.last: np.ndarray | None = None
-
-    def __call__(self, amap: np.ndarray) -> np.ndarray:
-        self.last = np.asarray(amap, np.float16)
-        return self.inner(amap)
-
-    def reset(self) -> None:
-        """Forget the inner normaliser's running state (a layer change)."""
-        self.inner.reset()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def tap(renderer: Renderer) -> RawTap:
-    """The renderer's normaliser wrapped so each frame's raw map is kept (installed once)."""
-    if not isinstance(renderer.normalizer, RawTap):
-        renderer.normalizer = RawTap(renderer.normalizer)
-    return renderer.normalizer
-
-
-def describe(renderer: Renderer, source: Any) -> dict[str, Any]:
+def track_meta(maker: MapMaker, source: Any) -> dict[str, Any]:
     """What makes a track's maps: the source, the model file and hash, layer, mode, profile."""
-    session = renderer.session
-    profile = renderer.profile.to_dict()
-    profile.update({k: v for k, v in renderer.settings().items() if k in profile})
+    session = maker.session
+    profile = maker.profile.to_dict()
+    profile.update({k: v for k, v in maker.settings().items() if k in profile})
+    state = maker.state
     return {"format": FORMAT, "carvis": __version__, "source": str(getattr(source, "name", "")),
             "fps": float(getattr(source, "fps", 30.0) or 30.0),
             "source_frames": getattr(source, "frame_count", None),
             "model": Path(session.path).name, "model_sha256": session.sha256,
-            "layer": renderer.layer_name, "mode": renderer.mode, "target": renderer.target,
-            "channel": renderer.channel, "profile": profile,
-            "softmax": bool(renderer.explainer is not None and renderer.explainer.head.softmax)}
+            "layer": maker.layer_name, "mode": state.mode, "target": state.target,
+            "channel": state.channel, "profile": profile,
+            "softmax": bool(state.explainer is not None and state.explainer.head.softmax)}
 
 
 def _nan(value: float | None) -> float:
@@ -96,6 +71,7 @@ class TrackWriter:
                               "path in a writable folder") from None
         self._sets: dict[str, Any] = {}
         self._pending = 0  # rows in the block, not yet in the file
+        self._first: list[float] = []  # a tub's first timestamp
 
     def _create(self, shape: tuple[int, int], outputs: int) -> None:
         f = self._file
@@ -112,10 +88,11 @@ class TrackWriter:
                        for name, ds in self._sets.items()}
         self.meta["map_shape"] = list(shape)
 
-    def append(self, frame: Frame, raw: np.ndarray, prediction: np.ndarray | None,
-               steering: pilot.Steering | None, time: float) -> None:
+    def append(self, frame: Frame, result: MapResult) -> None:
         """One frame's raw map (stored as float16), prediction and recorded steering."""
-        raw16 = np.asarray(raw, np.float16)
+        raw16 = np.asarray(result.raw, np.float16)
+        prediction, steering = result.prediction, result.steering
+        time = source_time(frame, self.meta["fps"], self._first)
         pred = None if prediction is None else np.asarray(prediction, np.float32).reshape(-1)
         if not self._sets:
             self._create(raw16.shape, 1 if pred is None else pred.size)
@@ -177,78 +154,23 @@ def source_time(frame: Frame, fps: float, first_ms: list[float]) -> float:
     return (float(stamp) - first_ms[0]) / 1000.0
 
 
-def record(frames: Iterable[Frame], renderer: Renderer, path: str | Path, source: Any = None,
+def record(frames: Iterable[Frame], maker: MapMaker, path: str | Path, source: Any = None,
            progress: Callable[[int], None] | None = None,
            keep: Callable[[Frame], None] | None = None) -> Track:
-    """Compute every frame's map (no overlay) into a new track at path; returns it opened.
-
-    ``keep`` is handed each frame first (the review page's frame cache)."""
-    raw_tap = tap(renderer)
-    meta = describe(renderer, source)
-    writer = TrackWriter(path, meta)
-    first: list[float] = []
+    """Every frame's map (no picture) into a new track at path; returns it opened. ``keep`` is
+    handed each frame first (the review page's frame cache)."""
+    writer = TrackWriter(path, track_meta(maker, source))
     try:
         for frame in frames:
             if keep is not None:
                 keep(frame)
-            result = renderer.compute(frame.image)
-            writer.append(frame, raw_tap.last, result.prediction, result.steering,
-                          source_time(frame, meta["fps"], first))
+            writer.append(frame, maker(frame.image))
             if progress is not None:
                 progress(1)
     except BaseException:
         writer.abort()
         raise
     return Track(writer.close())
-
-
-class InOrder:
-    """What pipeline.render calls of a Renderer, either way: process(image) for frames in
-    order (their index counted), process_frame(frame) for a frame with its index."""
-
-    following = 0  # the index the next frame handed without one gets
-
-    def process(self, image: np.ndarray, record: dict[str, Any] | None = None) -> np.ndarray:
-        """process_frame() for the next frame in order."""
-        return self.process_frame(Frame(image, self.following, 0.0, "", record))
-
-    def process_frame(self, frame: Frame) -> np.ndarray:
-        """The picture of one frame."""
-        raise NotImplementedError
-
-
-class Recorder(InOrder):
-    """A Renderer for pipeline.render that also writes each frame's map to a track."""
-
-    def __init__(self, renderer: Renderer, path: str | Path, source: Any = None) -> None:
-        self.renderer = renderer
-        self.raw_tap = tap(renderer)
-        self.meta = describe(renderer, source)
-        self.writer = TrackWriter(path, self.meta)
-        self.times = renderer.times
-        self._first: list[float] = []
-
-    def process_frame(self, frame: Frame) -> np.ndarray:
-        """The renderer's picture of the frame; its raw map and prediction go to the track."""
-        self.following = frame.index + 1
-        out = self.renderer.process_frame(frame)
-        r = self.renderer
-        self.writer.append(frame, self.raw_tap.last, r.prediction, r.steering,
-                           source_time(frame, self.meta["fps"], self._first))
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.renderer, name)  # log, settings(), ...: the renderer's
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.writer.close()
-        else:
-            self.writer.abort()
-            log.warning("map track %s not written: the render stopped", self.writer.path.name)
 
 
 class Track:
@@ -283,6 +205,11 @@ class Track:
         return int(self.maps.shape[0])
 
     @property
+    def has_steering(self) -> bool:
+        """True when the maps were made with the model's steering (the HUD's prediction)."""
+        return bool(np.isfinite(self.angle).any())
+
+    @property
     def has_recorded(self) -> bool:
         """True when the source's records carried a recorded angle (a tub)."""
         return bool(np.isfinite(self.recorded_angle).any())
@@ -298,6 +225,13 @@ class Track:
     def raw(self, row: int) -> np.ndarray:
         """A row's raw map as float32."""
         return self.maps[row].astype(np.float32)
+
+    def recorded(self, row: int) -> pilot.Steering | None:
+        """The steering a tub recorded for a row, or None."""
+        angle, throttle = float(self.recorded_angle[row]), float(self.recorded_throttle[row])
+        if not np.isfinite(angle):
+            return None
+        return pilot.Steering(angle, throttle if np.isfinite(throttle) else None)
 
     def steering(self, row: int) -> pilot.Steering | None:
         """A row's prediction as Steering, as the model render's HUD has it."""

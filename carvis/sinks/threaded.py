@@ -6,6 +6,10 @@ Drop policies, chosen per sink and counted:
   want the newest frame, not a backlog.
 - ``drop-new`` (recording): a queue of N in order; when it is full the incoming frame is
   dropped, so what is written stays in capture order. On close the queue is drained first.
+- ``block`` (offline render): a queue of N in order; when it is full ``put`` waits, so every
+  frame is written (completeness beats latency). On close the queue is drained first.
+
+Frames reach a worker through :class:`carvis.handoff.Outbox`, sealed: a sink only reads them.
 
 A sink with a ``write_frame(frame)`` method gets the whole Frame (its capture time: a recording
 keeps real time, the MJPEG parts carry it); others get ``write(image)``.
@@ -23,7 +27,7 @@ import numpy as np
 from carvis.frame import Frame
 from carvis.sinks import Sink
 
-POLICIES = ("latest", "drop-new")
+POLICIES = ("latest", "drop-new", "block")
 
 
 def percentile_ms(samples: collections.deque, q: float) -> float | None:
@@ -70,8 +74,12 @@ class SinkWorker:
         return self._thread.is_alive() and not self._closing and self.error is None
 
     def put(self, frame: Frame) -> bool:
-        """Queue a frame for the sink; False (and counted) if it was dropped."""
+        """Queue a frame for the sink; False (and counted) if it was dropped. Under ``block``
+        it waits for room (interruptible: Ctrl-C reaches the caller)."""
         with self._cond:
+            while self.policy == "block" and len(self._items) >= self.maxsize \
+                    and not self._closing and self.error is None:
+                self._cond.wait(0.1)
             if self._closing or self.error is not None:
                 return False
             if len(self._items) >= self.maxsize:
@@ -80,7 +88,7 @@ class SinkWorker:
                     return False
                 self._items.popleft()
             self._items.append(frame)
-            self._cond.notify()
+            self._cond.notify_all()
         return True
 
     def _next(self) -> Frame | None:
@@ -92,7 +100,9 @@ class SinkWorker:
                 self.dropped += len(self._items)
                 self._items.clear()
                 raise StopIteration
-            return self._items.popleft() if self._items else None
+            item = self._items.popleft() if self._items else None
+            self._cond.notify_all()  # room for a blocked put
+            return item
 
     def _run(self) -> None:
         try:

@@ -7,10 +7,13 @@ a capture thread that keeps only the latest frame. This module opens a source fr
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.frame import Frame
@@ -28,11 +31,28 @@ from carvis.sources.synthetic import SyntheticSource, parse_synthetic
 from carvis.sources.tub import TubSource, is_tub, tub_hint
 
 __all__ = [
-    "IMAGE_SUFFIXES", "PICAMERA_HELP", "URL_SCHEMES", "CameraSettings", "CameraSource",
-    "FolderSource", "PiCameraSource", "Source", "SyntheticSource", "TubSource",
+    "IMAGE_SUFFIXES",
+    "PICAMERA_HELP",
+    "URL_SCHEMES",
+    "CameraSettings",
+    "CameraSource",
+    "FolderSource",
+    "PiCameraSource",
+    "Position",
+    "Source",
+    "SyntheticSource",
+    "TubSource",
     "VideoFileSource",
-    "default_live_spec", "frame_at", "frame_position", "open_live_source", "open_source",
-    "orient", "parse_synthetic", "running_on_pi", "select_frames",
+    "count_frames",
+    "default_live_spec",
+    "frame_at",
+    "frame_position",
+    "open_live_source",
+    "open_source",
+    "orient",
+    "parse_synthetic",
+    "running_on_pi",
+    "select_frames",
 ]
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -61,40 +81,98 @@ def open_source(spec: str, *, loop: bool = False, fps: float | None = None) -> S
 _TIME = re.compile(r"^(?:(\d+):)?(\d+(?:\.\d*)?)s?$")
 
 
-def frame_position(text: str | int | None, fps: float, flag: str = "--start") -> int | None:
-    """A frame index from '120' (a frame), '12.5s' or '1:05' (a time at the source's fps)."""
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """A place in a source: a frame number (a tub's record index) or seconds into it."""
+
+    value: float
+    seconds: bool = False
+
+    def reached(self, frame: Frame, fps: float) -> bool:
+        """True for this frame and the ones after it."""
+        if self.seconds:  # the frame nearest the time is the first one at it
+            return frame.seconds(fps) >= self.value - 0.5 / fps
+        return frame.number >= self.value
+
+
+def frame_position(text: str | int | None, flag: str = "--start") -> Position | None:
+    """A position from '120' (frame 120; on a tub, record 120), '12.5s' or '1:05' (a time: on a
+    tub by its own timestamps)."""
     if text is None:
         return None
     value = str(text).strip().lower()
     match = _TIME.match(value)
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        return Position(int(value))
     if match is None or not (value.endswith("s") or match.group(1) is not None):
         raise CarvisError(f"{flag} {str(text)!r} is not a frame number or a time; give a "
-                          "frame (120), seconds (12.5s) or minutes:seconds (1:05)")
-    seconds = int(match.group(1) or 0) * 60 + float(match.group(2))
-    return round(seconds * fps)
+                          "frame (120; on a tub, its record index), seconds (12.5s) or "
+                          "minutes:seconds (1:05)")
+    return Position(int(match.group(1) or 0) * 60 + float(match.group(2)), seconds=True)
 
 
-def select_frames(frames: Iterable[Frame], start: int | None = None, end: int | None = None
-                  ) -> Iterator[Frame]:
-    """The frames from index start up to (not including) end; the ones before are read, dropped."""
-    start = start or 0
-    if end is not None and end <= start:
-        raise CarvisError(f"--end (frame {end}) must come after --start (frame {start}); "
+def select_frames(frames: Iterable[Frame], fps: float, start: Position | None = None,
+                  end: Position | None = None) -> Iterator[Frame]:
+    """The frames from start up to (not including) end; the ones before are read, dropped."""
+    if start is not None and end is not None and start.seconds == end.seconds \
+            and end.value <= start.value:
+        raise CarvisError(f"--end ({_said(end)}) must come after --start ({_said(start)}); "
                           "give a later --end or an earlier --start")
-    return itertools.islice(frames, start, end)
+    for frame in frames:
+        if end is not None and end.reached(frame, fps):
+            return
+        if start is None or start.reached(frame, fps):
+            yield frame
+
+
+def count_frames(source: Source, start: Position | None, end: Position | None) -> int | None:
+    """How many frames select_frames gives of a source (None when the source cannot say)."""
+    records = getattr(source, "records", None)
+    if records is not None:
+        first = records[0].get("_timestamp_ms") if records else None
+        fps = source.fps
+        n = 0
+        for position, record in enumerate(records):
+            stamp = record.get("_timestamp_ms")
+            seconds = (stamp - first) / 1000 if isinstance(stamp, int | float) and \
+                isinstance(first, int | float) else None
+            frame = Frame(_NO_IMAGE, position, 0.0, record=record, time=seconds)
+            if (start is None or start.reached(frame, fps)) and \
+                    (end is None or not end.reached(frame, fps)):
+                n += 1
+        return n
+    count = source.frame_count
+    if count is None:
+        return None
+    fps = source.fps
+
+    def index(p: Position | None, default: int) -> int:
+        if p is None:
+            return default
+        return min(count, max(0, math.ceil(p.value * fps - 0.5) if p.seconds
+                              else math.ceil(p.value)))
+
+    return max(0, index(end, count) - index(start, 0))
+
+
+_NO_IMAGE = np.zeros((1, 1, 3), np.uint8)
+
+
+def _said(position: Position) -> str:
+    return f"{position.value:g} s" if position.seconds else f"frame {position.value:g}"
 
 
 def frame_at(spec: str, position: str | int, fps: float | None = None) -> Frame:
-    """One frame of a video, tub or folder, by index or time ('12.5s')."""
+    """One frame of a video, tub or folder, by number (a tub's record index) or time."""
     with open_source(spec, fps=fps) as source:
-        index = frame_position(position, source.fps, "--frame")
-        frame = next(select_frames(source, index, index + 1), None)
-        if frame is None:
-            count = source.frame_count or index
-            raise CarvisError(f"--frame {position}: {source.name} has {count} frames; give "
-                              f"--frame 0..{max(count - 1, 0)}")
+        where = frame_position(position, "--frame")
+        frame = next(select_frames(source, source.fps, where), None)
+        if frame is None or (not where.seconds and frame.number != where.value):
+            numbers = [r.get("_index") for r in getattr(source, "records", [])]
+            what = (f"records {numbers[0]}..{numbers[-1]}" if numbers else
+                    f"frames 0..{max((source.frame_count or 1) - 1, 0)}")
+            raise CarvisError(f"--frame {position}: {source.name} has no such frame; give one "
+                              f"of its {what}")
         return frame
 
 

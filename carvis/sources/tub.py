@@ -226,12 +226,21 @@ class TubSource(Source):
         self._pos += 1
         return self._entries[self._pos - 1]
 
+    def _seconds(self, record: Record) -> float | None:
+        """Seconds since the tub's first record, by the records' timestamps."""
+        first = self.records[0].get("_timestamp_ms")
+        stamp = record.get("_timestamp_ms")
+        if not isinstance(first, int | float) or not isinstance(stamp, int | float):
+            return None
+        return (stamp - first) / 1000.0
+
     def read(self) -> Frame | None:
         while (entry := self._next_entry()) is not None:
             record, image_path = entry
             image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
             if image is not None:
-                frame = Frame(image, self._index, time.monotonic(), image_path.name, dict(record))
+                frame = Frame(image, self._index, time.monotonic(), image_path.name, dict(record),
+                              self._seconds(record))
                 self._index += 1
                 return frame
             self.skipped.append(str(image_path))

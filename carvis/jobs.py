@@ -1,0 +1,229 @@
+"""One render: a source → its pictures → one output. The only render path: `carvis render` of
+one source runs it in its own process, a batch runs it once per source in workers.
+
+A job's maps come from the model (a session) or from a map track (``--maps``, no model); its
+frames can also be kept as a track (``--save-maps``). Errors become the outcome's one line, so
+one failing source in a batch never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from carvis import hud, pipeline, sources
+from carvis.composer import Composer
+from carvis.errors import CarvisError
+from carvis.profile import Profile
+from carvis.session import ModelSession
+from carvis.sinks import Sink
+from carvis.sinks.table import SinkOptions, open_sink
+
+log = logging.getLogger("carvis")
+
+PROGRESS_EVERY = 0.25  # seconds between two "frames" progress events of one job
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One source and the file (or PNG folder) it is rendered to."""
+
+    source: str
+    output: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderOptions:
+    """What a job is rendered with (picklable: it goes to batch workers)."""
+
+    profile: Profile | None  # None with a map track and no --profile (the track's own)
+    model: Path | None  # with a map track: only to check the track was made by it
+    backend: str = "auto"
+    lambda_policy: str = "error"
+    fps: float | None = None
+    start: str | None = None
+    end: str | None = None
+    max_frames: int | None = None
+    plot: bool = False
+    plot_seconds: float = 5.0
+    hud: bool | None = None
+    encoder_threads: int | None = None
+    save_maps: Path | None = None  # keep every frame's map in this track
+    maps: Path | None = None  # draw from this track instead of the model
+    draw: tuple[tuple[str, Any], ...] = ()  # drawing flags given with a track
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one job went: frames written, seconds, and its error (None if it finished)."""
+
+    job: Job
+    frames: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    interrupted: bool = False
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+#: A job's progress: ("start", {"frames": expected or None, "describe": line}) once, then
+#: ("frames", n) with the frames written since the last event.
+Progress = Callable[[str, Any], None]
+
+
+def open_session(options: RenderOptions) -> ModelSession | None:
+    """The model session a job needs (None when it draws from a track)."""
+    if options.maps is not None:
+        return None
+    return ModelSession(options.model, backend=options.backend,
+                        lambda_policy=options.lambda_policy)
+
+
+def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
+                      plot: bool = False, plot_seconds: float = 5.0,
+                      hud_on: bool | None = None) -> pipeline.Renderer:
+    """The Renderer; on a tub (or with --plot) its HUD shows the recorded steering beside the
+    model's unless the HUD is turned off, and --plot charts both."""
+    if plot and hud_on is False:
+        raise CarvisError("--plot charts the HUD's steering; drop --no-hud")
+    chart = hud.StripChart(plot_seconds, source.fps) if plot else None
+    tub = hud_on is None and bool(plot or getattr(source, "records", None))
+    if not tub:
+        return pipeline.make_renderer(session, profile, chart)
+    try:
+        return pipeline.make_renderer(session, profile.replace(hud=True), chart)
+    except CarvisError as exc:  # a tub, and a model without a steering output for the HUD
+        if plot:
+            raise
+        log.info("note: no steering HUD (%s)", exc)
+        return pipeline.make_renderer(session, profile, chart)
+
+
+def _track_renderer(options: RenderOptions, source: Any) -> pipeline.Renderer:
+    """A Renderer that draws a track's maps (no model)."""
+    from carvis.review.replay import TrackMaps, drawing_profile, open_track
+
+    track = open_track(options.maps, source, options.model)
+    profile = drawing_profile(track, options.profile, dict(options.draw))
+    if options.plot and not track.has_steering:
+        raise CarvisError(f"--plot charts the steering, and map track {track.path.name} holds "
+                          "none (it was made without the HUD); drop --plot")
+    chart = hud.StripChart(options.plot_seconds, source.fps) if options.plot else None
+    if options.plot or (options.hud is None and track.has_recorded):
+        profile = profile.replace(hud=True)
+    maps = TrackMaps(track, profile)
+    return pipeline.Renderer(maps, Composer(profile, chart, times=maps.times))
+
+
+def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
+               progress: Progress | None = None) -> Outcome:
+    """Render one source to its output in this process; errors become the outcome's line."""
+    t0 = time.perf_counter()
+    outcome = Outcome(job)
+    sink: Sink | None = None
+    try:
+        with sources.open_source(job.source, fps=options.fps) as source:
+            start = sources.frame_position(options.start, "--start")
+            end = sources.frame_position(options.end, "--end")
+            frames = sources.select_frames(source, source.fps, start, end)
+            expected = sources.count_frames(source, start, end)
+            if options.max_frames is not None:
+                frames = itertools.islice(frames, options.max_frames)
+                expected = options.max_frames if expected is None else \
+                    min(expected, options.max_frames)
+            if expected == 0:
+                last = f"{source.frame_count} frames" if not getattr(source, "records", None) \
+                    else f"records {source.records[0].get('_index')}.." \
+                         f"{source.records[-1].get('_index')}"
+                raise CarvisError(f"nothing to render: {source.name} has {last}, none in "
+                                  f"--start {options.start} .. --end {options.end}; give a "
+                                  "range inside it")
+            renderer = _track_renderer(options, source) if session is None else \
+                steering_renderer(session, options.profile, source, plot=options.plot,
+                                  plot_seconds=options.plot_seconds, hud_on=options.hud)
+            if job.output.parent != Path(job.output.anchor or "."):
+                job.output.parent.mkdir(parents=True, exist_ok=True)
+            sink = open_sink(job.output, SinkOptions(source.fps, threads=options.encoder_threads),
+                             inputs=[job.source], allowed=("", ".avi", ".mp4", ".mkv"))
+            writer = _track_writer(options, renderer, session, source)
+            if progress is not None:
+                what = (session.describe(renderer.layer_name) if session is not None
+                        else f"maps from {options.maps} (no model)")
+                progress("start", {"frames": expected, "describe": what})
+            throttle = _Throttle(progress) if progress is not None else None
+            with sink:
+                try:
+                    outcome.frames = pipeline.render(frames, renderer, sink, progress=throttle)
+                except BaseException:
+                    if writer is not None:
+                        writer.abort()
+                    raise
+            if outcome.frames == 0:
+                if writer is not None:
+                    writer.abort()
+                raise CarvisError(f"no frame was read from {source.name} in the range asked "
+                                  "for, so nothing was written; check --start/--end")
+            if writer is not None:
+                writer.close()
+            if throttle is not None:
+                throttle.flush()
+            outcome.notes.extend(_notes(source, renderer))
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        outcome.frames = getattr(sink, "frames", 0)
+    except Exception as exc:  # noqa: BLE001 - one job's failure is its outcome, not the batch's
+        outcome.error = str(exc) if isinstance(exc, CarvisError | OSError) else \
+            f"{type(exc).__name__}: {exc}"
+        outcome.frames = getattr(sink, "frames", 0) if sink is not None else 0
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _track_writer(options: RenderOptions, renderer: pipeline.Renderer,
+                  session: ModelSession | None, source: Any) -> Any:
+    """With --save-maps, a new track that the renderer hands every frame's map."""
+    if options.save_maps is None:
+        return None
+    if session is None:
+        raise CarvisError("--save-maps keeps the model's maps; with --maps they are already "
+                          "in a track")
+    from carvis.review.track import TrackWriter, track_meta
+
+    writer = TrackWriter(options.save_maps, track_meta(renderer.maps, source))
+    renderer.on_map = writer.append
+    return writer
+
+
+def _notes(source: Any, renderer: pipeline.Renderer) -> list[str]:
+    """What the outcome says besides the count: skipped images, the steering summary."""
+    notes = []
+    skipped = getattr(source, "skipped", [])
+    if skipped:
+        names = ", ".join(Path(str(p)).name for p in skipped[:5])
+        notes.append(f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) != 1)} "
+                     f"({names}{', ...' if len(skipped) > 5 else ''}); the output has one "
+                     "frame per image read, numbered in order without them")
+    if renderer.log.rows:
+        notes.append(renderer.log.summary())
+    return notes
+
+
+class _Throttle:
+    """render()'s per-frame progress as a "frames" event at most every PROGRESS_EVERY s."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.pending, self.last = progress, 0, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.pending += n
+        if time.monotonic() - self.last >= PROGRESS_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.progress("frames", self.pending)
+        self.pending, self.last = 0, time.monotonic()

@@ -1,0 +1,158 @@
+"""A Keras model (``.h5`` from Keras 1, 2 or 3; ``.keras``): converted once to LiteRT and
+cached, or run on TensorFlow.
+
+``auto`` runs LiteRT when it is installed (a conversion per file content and layer, cached, so
+later runs import neither TensorFlow nor Keras) and TensorFlow otherwise; a conversion that
+fails under ``auto`` falls back to TensorFlow with a note. Gradient modes run on TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from carvis import explain, models, settings
+from carvis.backends import LITERT_HELP, Backend, litert_available
+from carvis.backends import cache as conversion_cache
+from carvis.backends.convert import ConversionError, convert, layer_meta
+from carvis.backends.litert import LayerBackend, LiteRTModel
+from carvis.backends.tensorflow import TensorFlowBackend
+from carvis.errors import CarvisError
+from carvis.kinds.base import KindOptions, ModelKind
+
+log = logging.getLogger("carvis")
+
+
+class KerasKind(ModelKind):
+    """A Keras model file; layers from the model (or, on LiteRT, the cached conversions)."""
+
+    name = "keras"
+    described = ".h5 (Keras 1/2/3), .keras"
+
+    def __init__(self, path: Path, options: KindOptions) -> None:
+        super().__init__(path, options)
+        self._model: Any = None
+        self._built: list[Backend] = []
+        if options.backend == "litert" and not litert_available():
+            raise CarvisError(f"--backend litert needs ai-edge-litert; {LITERT_HELP}, or use "
+                              "--backend tensorflow")
+        if options.backend == "tensorflow" or (options.backend == "auto"
+                                               and not litert_available()):
+            self.backend_name = "tensorflow"
+            _ = self.model  # load now: a bad model file fails before any frame is read
+        else:
+            self.backend_name = "litert"
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        return path.is_file()  # load_model says in one line what it cannot read
+
+    @property
+    def model(self) -> Any:
+        """The Keras model, loaded on first use."""
+        if self._model is None:
+            try:
+                self._model = models.load_model(self.path,
+                                                lambda_policy=self.options.lambda_policy)
+            except ImportError as exc:
+                raise CarvisError(f"{self.path.name}: reading a Keras model needs TensorFlow "
+                                  f"({exc.name or exc}): pip install tensorflow, or export a "
+                                  ".tflite where TensorFlow is (carvis export MODEL --layer L "
+                                  "-o OUT.tflite) and run that") from None
+        return self._model
+
+    def _meta(self) -> Any:
+        """Metadata of a built LiteRT conversion, if any (the layer table without Keras)."""
+        if self._model is not None:
+            return None
+        for built in self._built:
+            meta = getattr(built, "meta", None)
+            if meta is not None:
+                return meta
+        return None
+
+    def input_shape(self) -> tuple[int, int, int]:
+        if self._built:
+            return tuple(self._built[0].input_shape)
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def conv_layers(self) -> list[str]:
+        meta = self._meta()
+        if meta is not None and meta.conv_layers:
+            return list(meta.conv_layers)
+        return [info.name for info in models.layer_table(self.model)
+                if info.is_conv and info.is_spatial]
+
+    def layer_names(self) -> list[str]:
+        meta = self._meta()
+        if meta is not None and meta.layer_names:
+            return list(meta.layer_names)
+        return [layer.name for layer in self.model.layers]
+
+    def layer_backend(self, spec: str | int) -> Backend:
+        if self.backend_name == "litert":
+            try:
+                built = self._litert(spec)
+            except ConversionError as exc:
+                if self.options.backend != "auto":
+                    raise
+                log.info("note: %s; running this layer on TensorFlow instead", exc)
+                built = self._tensorflow(spec)
+        else:
+            built = self._tensorflow(spec)
+        self._built.append(built)
+        return built
+
+    def _tensorflow(self, spec: str | int) -> Backend:
+        layer = models.resolve_layer(self.model, spec)
+        for built in self._built:
+            if built.name == "tensorflow" and built.layer_name == layer.name:
+                return built
+        return TensorFlowBackend(models.truncated_model(self.model, layer), layer.name)
+
+    def _converted(self, outputs: list[str], make_names: Any) -> tuple[bytes, Path]:
+        """The .tflite of some outputs, converted once per file content and cached."""
+        sha = self.options.sha256()
+        path = conversion_cache.cache_path(sha, outputs, self.options.lambda_policy)
+
+        def make() -> bytes:
+            names = make_names()
+            return convert(self.model, names, layer_meta(self.model, names, self.path, sha))
+
+        data, converted = conversion_cache.get_or_convert(path, sha, make)
+        self.made.append((path, converted))
+        return data, path
+
+    def _litert(self, spec: str | int) -> Backend:
+        def names() -> list[str]:
+            return [models.resolve_layer(self.model, spec).name]
+
+        data, path = self._converted([str(spec)], names)
+        converted = self.made[-1][1]
+        where = self.path.name if converted else f"{self.path.name} (cached {path.name})"
+        return LayerBackend(LiteRTModel(data, where, self.options.num_threads))
+
+    def forward(self, names: tuple[str, ...], steering: str) -> LiteRTModel:
+        """The layers' outputs and the steering output in one LiteRT model (converted once and
+        cached); the steering output is named explain.PREDICTION."""
+        outputs = [*dict.fromkeys(names), steering]
+        data, _ = self._converted(outputs, lambda: outputs)
+        return LiteRTModel(data, self.path.name, self.options.num_threads,
+                           rename={steering: explain.PREDICTION})
+
+    def explainer(self, mode: str, target: str, layer: str | None,
+                  smoothgrad: tuple[int, float] | None) -> explain.Explainer:
+        kwargs = {"layer": layer, "target": target, "smoothgrad": smoothgrad}
+        if mode in settings.GRADIENT_MODES:
+            explain.require_tensorflow(mode, "litert" if self.options.backend == "litert"
+                                       else "tensorflow")
+        elif self.backend_name == "litert":
+            try:
+                return explain.make_explainer(mode, self.model, **kwargs,
+                                              forward_factory=self.forward)
+            except ConversionError as exc:
+                if self.options.backend != "auto":
+                    raise
+                log.info("note: %s; running mode %s on TensorFlow instead", exc, mode)
+        return explain.make_explainer(mode, self.model, **kwargs)

@@ -1,0 +1,88 @@
+"""A ``.tflite`` file: carvis' own exports and a car's own model, on LiteRT, no TensorFlow.
+
+A layer spec must name a layer the file holds; the forward-only modes and the HUD run from
+what its metadata (or, for a car's own file, its ops) says; gradient modes need the Keras model
+on a machine with TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from carvis import explain, models, settings
+from carvis.backends import LITERT_HELP, Backend, litert_available
+from carvis.backends.litert import LayerBackend, load
+from carvis.errors import CarvisError
+from carvis.kinds.base import KindOptions, ModelKind
+
+
+class TfliteKind(ModelKind):
+    """A .tflite on LiteRT; its facts (layers, head, vbp geometry) from metadata or ops."""
+
+    name = "tflite"
+    described = ".tflite"
+    backend_name = "litert"
+
+    def __init__(self, path: Path, options: KindOptions) -> None:
+        super().__init__(path, options)
+        if options.backend == "tensorflow":
+            raise CarvisError(f"{path.name} is a .tflite model: it runs on LiteRT only; use "
+                              "--backend litert (or auto), or give the .h5/.keras model for "
+                              "--backend tensorflow")
+        if not litert_available():
+            raise CarvisError(f"{path.name}: .tflite models need ai-edge-litert; {LITERT_HELP}")
+        self.file = load(path, options.num_threads)
+        self.facts = explain.facts_from(self.file.meta, path.name, self.file.input_shape,
+                                        self.file.output_shapes)
+        self._layers: dict[str, Backend] = {}
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        return path.is_file() and models.is_tflite(path)
+
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.file.input_shape)
+
+    def conv_layers(self) -> list[str]:
+        facts = self.facts
+        held = [n for n in facts.shown if n in facts.held]
+        return held or [row.name for row in facts.rows if row.is_conv and row.is_spatial
+                        and row.name in facts.held]
+
+    def layer_names(self) -> list[str]:
+        return [row.name for row in self.facts.rows]
+
+    def layer_backend(self, spec: str | int) -> Backend:
+        name = self.facts.resolve(spec)
+        if name not in self._layers:
+            self._layers[name] = LayerBackend(self.file, name)
+        return self._layers[name]
+
+    def explainer(self, mode: str, target: str, layer: str | None,
+                  smoothgrad: tuple[int, float] | None) -> explain.Explainer:
+        if mode in settings.GRADIENT_MODES:
+            raise CarvisError(f"mode {mode!r} needs gradients, which TFLite's built-in ops "
+                              "cannot compute: it needs the laptop (the .h5/.keras model with "
+                              "--backend tensorflow on a machine with TensorFlow)")
+        try:
+            return explain.make_explainer(mode, self.facts, layer=layer, target=target,
+                                          smoothgrad=smoothgrad, forward_factory=self._forward)
+        except CarvisError as exc:
+            what = "the HUD" if mode == "activation" else f"mode {mode!r}"
+            raise CarvisError(f"{what} needs the Keras model (.h5/.keras) or a .tflite "
+                              f"exported for it: {exc}") from None
+
+    def _forward(self, names: tuple[str, ...], steering: str) -> explain.Forward:
+        """The named outputs and the steering output (as explain.PREDICTION), read from the one
+        interpreter after one invoke."""
+        model = self.file
+        wanted = tuple(dict.fromkeys((*names, steering)))
+
+        def forward(batch: Any) -> dict[str, Any]:
+            out = model(batch, wanted)
+            result = {name: out[name] for name in names}
+            result[explain.PREDICTION] = out[steering]
+            return result
+
+        return forward
