@@ -92,15 +92,15 @@ def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
         raise CarvisError("--plot charts the HUD's steering; drop --no-hud")
     chart = hud.StripChart(plot_seconds, source.fps) if plot else None
     tub = hud_on is None and bool(plot or getattr(source, "records", None))
-    if not tub:
-        return pipeline.make_renderer(session, profile, chart)
+    if not tub or plot:
+        return pipeline.make_renderer(session, profile.replace(hud=True) if tub else profile,
+                                      chart)
+    plain = pipeline.make_renderer(session, profile)  # its own refusal comes first, unmixed
     try:
         return pipeline.make_renderer(session, profile.replace(hud=True), chart)
     except CarvisError as exc:  # a tub, and a model without a steering output for the HUD
-        if plot:
-            raise
         log.info("note: no steering HUD (%s)", exc)
-        return pipeline.make_renderer(session, profile, chart)
+        return plain
 
 
 def _track_renderer(options: RenderOptions, source: Any) -> pipeline.Renderer:

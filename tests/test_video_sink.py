@@ -166,3 +166,26 @@ def test_mp4_is_much_smaller_than_the_avi_at_high_psnr(tmp_path, race_clip):
           f", {ratio:.1f}x smaller; PSNR vs avi {vs_avi:.1f} dB, vs source {vs_source:.1f} dB")
     assert ratio >= 5
     assert vs_avi >= 36
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed")
+def test_published_keyframes_are_a_second_apart_on_the_capture_clock_when_frames_drop(tmp_path):
+    from carvis.frame import Frame
+    from carvis.sinks.publish import Publisher
+
+    publisher = Publisher("rtmp://127.0.0.1/live/test", fps=30)
+    out = tmp_path / "relay.flv"  # what the relay would get, written to a file
+    publisher.url, publisher.options, publisher.port = str(out), {}, None
+    image = np.zeros((240, 320, 3), np.uint8)
+    start = 1000.0
+    for k in range(50):  # 5 s of a 30 fps camera, two frames in three dropped under load
+        image[:] = (k * 5 % 256, 80, 160)
+        publisher.write_frame(Frame(image.copy(), k, start + k / 10))
+    publisher.close()
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                            "packet=pts_time,flags", "-of", "csv=p=0", str(out)],
+                           capture_output=True, text=True, check=True)
+    keys = [float(line.split(",")[0]) for line in probe.stdout.split()
+            if line.split(",")[1].startswith("K")]
+    gaps = np.diff(keys)
+    assert len(keys) >= 5 and gaps.max() <= 1.0 + 1e-6, keys  # a frame count would be 3 s

@@ -1,7 +1,5 @@
 """python -m carvis.cli"""
 
-import sys
+from carvis.cli import entry
 
-from carvis.cli import main
-
-sys.exit(main())
+entry()

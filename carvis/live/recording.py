@@ -68,7 +68,8 @@ class Timeline(Sink):
         self.path = path
         self.fps = float(fps)
         self.frames = 0  # frames in the file, repeats included
-        self.repeated = 0
+        self.repeated = 0  # of those, frames held over a gap to keep the file on the clock
+        self.skipped = 0  # frames taken but left out: a second frame in one slot
         self._start: float | None = None
         self._slot = -1
         self._last: np.ndarray | None = None
@@ -81,6 +82,7 @@ class Timeline(Sink):
             self._start = frame.timestamp
         slot = round((frame.timestamp - self._start) * self.fps)
         if slot <= self._slot:
+            self.skipped += 1  # two frames in one slot of the file's clock
             return
         held = min(slot - self._slot - 1, int(MAX_GAP_SECONDS * self.fps))
         if self._last is not None:
@@ -231,8 +233,11 @@ class Recorder:
             elif not worker.close(timeout=0):
                 self._say(logging.WARNING, f"recording to {sink.path} did not finish in time")
             else:
-                self._say(logging.INFO, f"recorded {worker.written} frames to {sink.path} "
-                          f"({worker.dropped} dropped, {sink.repeated} held to keep time)")
+                dropped = worker.dropped + sink.skipped
+                self._say(logging.INFO, f"recorded {sink.frames} frames to {sink.path} "
+                          f"({sink.frames - sink.repeated} camera frames and "
+                          f"{sink.repeated} repeats that keep it on the wall clock; "
+                          f"{dropped} frames not recorded to stay live)")
         self._closing.clear()
 
 

@@ -32,7 +32,14 @@ from carvis.errors import CarvisError
 from carvis.frame import Frame
 from carvis.sinks import Sink
 from carvis.sinks.threaded import SinkWorker
-from carvis.sinks.video import H264Encoder, check_fps, even_size, import_av
+from carvis.sinks.video import (
+    KEYFRAME_SECONDS,
+    H264Encoder,
+    check_fps,
+    even_size,
+    import_av,
+    keyframe_interval,
+)
 
 log = logging.getLogger("carvis")
 
@@ -105,6 +112,7 @@ class Publisher(Sink):
         self._start = 0.0  # capture time (monotonic) of stream time 0 of this connection
         self._before: dict[int, str] = {}  # sockets open before this connection
         self._last_pts = -1
+        self._last_key: float | None = None  # capture time of the last keyframe sent
         self._wait = backoff[0]
         self._next_try = 0.0
         self._lost_at: float | None = None
@@ -131,9 +139,12 @@ class Publisher(Sink):
             self.dropped_offline += 1
             return
         pts = max(self._last_pts + 1, round((frame.timestamp - self._start) * 1000))
+        # Keyframes on the capture clock, not every N frames: under load frames are dropped,
+        # and N frames then spanned 1.3-1.4 s (a viewer joining waits for a keyframe).
+        key = self._last_key is None or frame.timestamp - self._last_key >= KEYFRAME_SECONDS
         try:
             # The first packet of a connection writes the header: that is when FFmpeg connects.
-            packets = self._encoder.encode(frame.image, pts)
+            packets = self._encoder.encode(frame.image, pts, keyframe=key)
             self._container.mux(packets)
         except (OSError, self._av.FFmpegError) as exc:
             self._lost(exc)
@@ -141,6 +152,8 @@ class Publisher(Sink):
             return
         if self._last_pts < 0:
             self._connected(frame)
+        if key:
+            self._last_key = frame.timestamp
         self._last_pts = pts
         self.frames += 1
         self.bytes_sent += sum(p.size for p in packets)
@@ -155,12 +168,16 @@ class Publisher(Sink):
         try:
             container = self._av.open(self.url, mode="w", format=self.muxer,
                                       options=self.options)
+            # The GOP in frames is only a backstop: keyframes come every second of capture
+            # time (write_frame), however many frames that second kept.
             self._encoder = H264Encoder(self._av, container, self._size, self.fps,
-                                        self._tuning(), time_base=TIME_BASE, name=self.name)
+                                        self._tuning(), time_base=TIME_BASE, name=self.name,
+                                        gop=4 * keyframe_interval(self.fps))
         except (OSError, self._av.FFmpegError) as exc:
             self._lost(exc)
             return False
         self._container, self._start, self._last_pts = container, frame.timestamp, -1
+        self._last_key = None
         return True
 
     def _connected(self, frame: Frame) -> None:

@@ -62,10 +62,7 @@ def sink_key(target: str | Path) -> str:
     scheme = urlsplit(text).scheme.lower()
     if "://" in text and scheme:
         return f"{scheme}://"
-    suffix = Path(text).suffix.lower()
-    if suffix and not Path(text).is_dir():
-        return suffix
-    return ""
+    return Path(text).suffix.lower()
 
 
 def open_sink(target: str | Path, options: SinkOptions, *, inputs: Iterable[str | Path] = (),
@@ -84,7 +81,12 @@ def open_sink(target: str | Path, options: SinkOptions, *, inputs: Iterable[str 
                                    else "not an output carvis writes here")
         raise CarvisError(f"output {str(target)!r}: {what}; give {known}")
     if not key.endswith("://"):
-        check_not_input(Path(target), inputs)
+        path = Path(target)
+        if key and path.is_dir():
+            raise CarvisError(f"output {str(target)!r} is a folder; give a new file name "
+                              f"ending in {key}, or a name without a suffix for numbered PNG "
+                              "frames")
+        check_not_input(path, inputs)
     return SINKS[key](str(target), options)
 
 

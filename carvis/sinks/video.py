@@ -84,7 +84,7 @@ class H264Encoder:
 
     def __init__(self, av: Any, container: Any, size: tuple[int, int], fps: float,
                  options: dict[str, str], *, time_base: Fraction | None = None,
-                 name: str = "video") -> None:
+                 name: str = "video", gop: int | None = None) -> None:
         rate = frame_rate(fps)
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = size
@@ -92,14 +92,17 @@ class H264Encoder:
         # pts are counted in this time base: frames (1/rate) or, live, capture-time ms.
         self.time_base = time_base or 1 / rate
         stream.time_base = stream.codec_context.time_base = self.time_base
-        stream.options = {"g": str(keyframe_interval(fps)), **options}
+        stream.options = {"g": str(gop or keyframe_interval(fps)), **options}
         self._av, self.stream, self.size, self.name = av, stream, size, name
         self._resized = False
 
-    def encode(self, image: np.ndarray, pts: int) -> list:
-        """The packets the encoder gives back for this frame at pts (in the stream's time base)."""
+    def encode(self, image: np.ndarray, pts: int, keyframe: bool = False) -> list:
+        """The packets the encoder gives back for this frame at pts (in the stream's time base);
+        keyframe: make this frame a keyframe (an IDR with forced-idr)."""
         frame = self._av.VideoFrame.from_ndarray(self._fitted(even_size(image)), format="bgr24")
         frame.pts, frame.time_base = pts, self.time_base
+        if keyframe:
+            frame.pict_type = self._av.video.frame.PictureType.I
         return self.stream.encode(frame)
 
     def flush(self) -> list:
