@@ -249,6 +249,15 @@ class Exchange(BaseHTTPRequestHandler):
         if not self.answered:
             self._error(400, "no request line; send e.g. GET / HTTP/1.1")
 
+    def parse_request(self) -> bool:
+        """http.server's parse, without HTTP/0.9 (an answer with no status line, no headers)."""
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(400, "HTTP/0.9 requests are not served; send HTTP/1.1")
+            return False
+        return True
+
     def end_headers(self) -> None:
         """Send the head (noted: this request has its answer)."""
         self.answered = True
@@ -269,9 +278,11 @@ class Exchange(BaseHTTPRequestHandler):
                         {"Allow": "GET, HEAD, POST"})
             return
         code = 400 if code >= 500 else code
-        self._error(code, message or self.responses.get(code, ("bad request",))[0])
+        self._error(code, (message or self.responses.get(code, ("bad request",))[0])[:200])
 
     def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        if getattr(self, "request_version", "") == "HTTP/0.9":  # a bad line is taken as 0.9
+            self.request_version = "HTTP/1.0"  # and would be answered with no status line
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
