@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import fakes
@@ -145,6 +147,23 @@ def test_fuzzed_requests_are_answered_and_the_server_runs_on(servers, name, capf
     assert server._server.counts["errors"] == errors_before
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name", ["live", "review"])
+def test_a_request_sent_a_byte_at_a_time_is_read_whole(servers, name):
+    port = servers[name].port
+    body = b'{\n\n"threshold": 12\r\n\r\n}'  # blank lines in the body are not its head's end
+    request = (f"POST /settings HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+               f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(request)):
+            sock.send(request[i:i + 1])
+            time.sleep(0.002)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 200 ") and b'"threshold": 12' in answer, answer
 
 
 @pytest.mark.parametrize("body", [

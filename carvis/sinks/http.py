@@ -31,7 +31,6 @@ from urllib.parse import parse_qs, urlsplit
 from carvis.errors import CarvisError
 from carvis.sinks.httpguard import (
     HANGUPS,
-    HEAD_END,
     MAX_BODY,  # noqa: F401 - the body cap, where it was
     Exchange,
     Guard,
@@ -89,10 +88,11 @@ def load_page() -> bytes:
 class _Reading:
     """A connection still sending its request: what came so far, and until when it may."""
 
-    __slots__ = ("addr", "buf", "due", "scanned")
+    __slots__ = ("addr", "buf", "due", "size")
 
     def __init__(self, addr: Any, due: float) -> None:
-        self.addr, self.due, self.buf, self.scanned = addr, due, bytearray(), 0
+        self.addr, self.due, self.buf = addr, due, bytearray()
+        self.size: int | None = None  # of the whole request, once its head is in
 
 
 class Server:
@@ -161,12 +161,14 @@ class Server:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of file descriptors: make room, say it once
+            except OSError as exc:  # out of file descriptors: make room
                 self.count("errors")
-                log.warning("HTTP server cannot accept a connection: %s", exc.strerror or exc)
-                if self._reading:
-                    self._say(next(iter(self._reading)), 503, "carvis is out of connections; "
-                              "try again in a moment")
+                log.debug("HTTP server cannot accept a connection: %s", exc)
+                victim = next(iter(self._lingering), None) or next(iter(self._reading), None)
+                if victim is None:
+                    time.sleep(0.05)  # nothing of ours to close: do not spin
+                else:
+                    self._close(victim)
                 return
             sock.setblocking(False)
             if len(self._reading) >= MAX_READING:  # the oldest unfinished request gives way
@@ -184,12 +186,12 @@ class Server:
                 self._close(sock)
             return
         req.buf += data
-        size = request_size(req.buf, max(0, req.scanned - 3))
-        req.scanned = len(req.buf)
-        if size is None:
-            if len(req.buf) > MAX_HEAD and HEAD_END.search(req.buf) is None:
+        if req.size is None:  # the head is not all there yet: look where it may end
+            req.size = request_size(req.buf, max(0, len(req.buf) - len(data) - 3))
+            if req.size is None and len(req.buf) > MAX_HEAD:
                 self.count("refused")
                 self._say(sock, 431, f"request line and headers over {MAX_HEAD // 1024} KiB")
+        if req.size is None or len(req.buf) < req.size:
             return
         self._sel.unregister(sock)
         del self._reading[sock]
@@ -201,7 +203,7 @@ class Server:
             self._say(sock, 503, "carvis is answering too many requests; try again in a "
                       "moment", forget=False)
             return
-        threading.Thread(target=self._answer, args=(sock, req.addr, bytes(req.buf[:size])),
+        threading.Thread(target=self._answer, args=(sock, req.addr, bytes(req.buf[:req.size])),
                          name="carvis-http-answer", daemon=True).start()
 
     def _answer(self, sock: socket.socket, addr: Any, data: bytes) -> None:

@@ -45,7 +45,7 @@ TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]+")
 SEND_TIMEOUT = 10.0  # seconds an answer may wait for the client to take more of it
 #: What a client that hangs up or times out raises: counted, not reported.
 HANGUPS = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
-HEAD_END = re.compile(rb"\r?\n\r?\n")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
@@ -169,10 +169,10 @@ def content_length(values: list[str], chunked: bool) -> int:
 
 
 def request_size(buf: bytes | bytearray, start: int = 0) -> int | None:
-    """Bytes of the whole request at the head of buf, None while more are needed; searching for
-    the headers' end from start. A body whose framing is refused counts as none (the handler
-    says why)."""
-    end = HEAD_END.search(buf, start)
+    """Bytes of the whole request whose head is at the start of buf (the head, then its body's
+    Content-Length), None while the head's end is not in buf (looked for from start). A body
+    whose framing is refused counts as none: the handler says why."""
+    end = _HEAD_END.search(buf, start)
     if end is None:
         return None
     lengths, chunked = [], False
@@ -183,10 +183,9 @@ def request_size(buf: bytes | bytearray, start: int = 0) -> int | None:
             lengths.append(value.strip().decode("latin-1"))
         chunked = chunked or name == b"transfer-encoding"
     try:
-        length = content_length(lengths, chunked)
+        return end.end() + content_length(lengths, chunked)
     except Refused:
-        length = 0
-    return end.end() + length if len(buf) >= end.end() + length else None
+        return end.end()
 
 
 def parse_json(body: bytes) -> Any:
