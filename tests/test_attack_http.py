@@ -353,6 +353,33 @@ def test_20_3_review_off_loopback_guards_every_route():
         server.close()
 
 
+@pytest.mark.browser
+def test_20_3_the_review_page_works_off_loopback_from_its_printed_address(
+        browser, named_reviews):  # noqa: F811
+    """The shipped page in Chromium, as a teammate opens it: the printed address (the token in
+    it, then in the cookie), the frames, the chart's data and a setting changed from the page
+    (a same-origin JSON POST)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    review, _ = named_reviews["utf8"]
+    server = ReviewServer(review, "0.0.0.0", 0, token="team-7").start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/?token=team-7")
+        wait = WebDriverWait(browser, 20, poll_frequency=0.05)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+        assert browser.current_url == f"http://127.0.0.1:{server.port}/"  # token out of sight
+        wait.until(lambda d: d.execute_script(
+            "const i = document.getElementById('frame0'); return i.complete && i.naturalWidth"))
+        browser.execute_script("change({threshold: 201})")
+        wait.until(lambda d: review.settings()["threshold"] == 201)
+        assert browser.execute_script("return document.getElementById('error').textContent") \
+            == ""
+        counts = server._server.counts
+        assert counts["forged"] == 0 and counts["refused"] == 0
+    finally:
+        server.close()
+
+
 # -- #20.7: slow-loris --------------------------------------------------------------------------
 
 LORIS = """
