@@ -88,7 +88,7 @@ def count(n: int, noun: str) -> str:
 def serve_token(address: tuple[str, int] | None, token: str | None, no_token: bool
                 ) -> str | None:
     """The token for a served page: given, or made up off loopback unless refused (warned)."""
-    from carvis.sinks.mjpeg import choose_token
+    from carvis.sinks.httpguard import choose_token
 
     token, warning = choose_token(address, token, no_token)
     if warning:

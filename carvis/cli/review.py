@@ -22,7 +22,8 @@ def add_parser(sub: Any) -> None:
                     "models or one per --model (default: a generic one)")
     rv.add_argument("--serve", metavar="[HOST:]PORT", default="8090",
                     help="where the page is (default 127.0.0.1:8090)")
-    rv.add_argument("--token", help="secret needed to change settings off loopback")
+    rv.add_argument("--token", help="secret the page needs off loopback, on every route (made "
+                    "up when not given; the address printed carries it)")
     add_backend_args(rv)
     rv.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
 

@@ -1,8 +1,9 @@
 """The review page's HTTP side: the page, its charting library, frames, timeline and settings.
 
-Built like the live server (carvis.sinks.http: a ThreadingHTTPServer, JSON errors of one line,
-a token for what changes state when it serves beyond this machine); it serves a
-:class:`~carvis.review.app.Review` and never a model.
+Served like the live page (carvis.sinks.http: requests read in one event loop, JSON errors of
+one line, the Host checked, a POST only from the page itself and only JSON, and off loopback
+the token on every route but the icon); it serves a :class:`~carvis.review.app.Review` and never
+a model.
 
 Routes: ``/`` the page, ``/vendor/...`` uPlot, ``/info``, ``/timeline``, ``/frame.jpg?i=N&m=K``,
 ``/frame.png?i=N`` (every model side by side), ``/stats``, ``/settings`` (GET; POST JSON to
@@ -11,14 +12,16 @@ change), ``POST /export.mp4`` with ``{"start": A, "end": B}``.
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import importlib.resources
-import json
+import re
+import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import quote
 
 import cv2
 
@@ -37,88 +40,72 @@ def web_file(*parts: str) -> bytes:
 
 
 class ReviewHandler(http.Handler):
-    """The review routes (the live handler's helpers: _send, _json, _error)."""
+    """The review routes; the live handler checks each request first (Host, the token off
+    loopback on every route, a POST's Origin and JSON), as for `run --serve`."""
 
-    def _query(self) -> tuple[str, dict[str, str]]:
-        url = urlsplit(self.path)
-        return url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
+    PAGES = ("/", "/index.html", "/review.html")
+    GETS = (*PAGES, "/info", "/timeline", "/settings", "/stats", "/frame.jpg", "/frame.png",
+            "/favicon.ico", *(f"/vendor/{name}" for name in VENDOR))
+    POSTS = ("/settings", "/export.mp4")
+    GET_HINT = "try /, /info, /timeline, /frame.jpg?i=N or /settings"
+    POST_HINT = "POST JSON to /settings or /export.mp4"
 
-    def _int(self, query: dict[str, str], key: str, default: int | None = None) -> int:
-        text = query.get(key)
-        if text is None and default is not None:
-            return default
-        if text is None or not text.lstrip("-").isdigit():
-            raise CarvisError(f"{key}={text!r} is not a whole number; give e.g. ?{key}=0")
-        return int(text)
-
-    def do_GET(self) -> None:
+    def get(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
+        """Answer a GET (or HEAD) the guard let through."""
         site: ReviewServer = self.server.owner
         review = site.review
-        path, query = self._query()
-        try:
-            if path in ("/", "/index.html", "/review.html"):
-                self._send(200, site.page, "text/html; charset=utf-8")
-            elif path.startswith("/vendor/") and path[8:] in VENDOR:
-                self._send(200, web_file("vendor", path[8:]), VENDOR[path[8:]],
-                           {"Cache-Control": "max-age=86400"})
-            elif path == "/info":
-                self._json(200, review.info())
-            elif path == "/timeline":
-                self._json(200, review.timeline())
-            elif path == "/settings":
-                self._json(200, review.settings())
-            elif path == "/stats":
-                self._json(200, review.stats())
-            elif path == "/frame.jpg":
-                image = review.picture(self._int(query, "i"), self._int(query, "m", 0))
-                data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
-                self._send(200, data.tobytes(), "image/jpeg")
-            elif path == "/frame.png":
-                n = self._int(query, "i")
-                self._send(200, review.png(n), "image/png", {
-                    "Content-Disposition": f'attachment; filename="{site.stem}-{n:05d}.png"'})
-            elif path == "/favicon.ico":
-                self._send(204, b"", "image/x-icon")
-            else:
-                self._error(404, f"no such page {path!r}; try /, /info, /timeline, "
-                                 "/frame.jpg?i=N or /settings")
-        except CarvisError as exc:
-            self._error(400, str(exc))
+        if path in self.PAGES:
+            self._send(200, site.page, "text/html; charset=utf-8")
+        elif path.startswith("/vendor/"):
+            self._send(200, web_file("vendor", path[8:]), VENDOR[path[8:]],
+                       {"Cache-Control": "max-age=86400"})
+        elif path in ("/info", "/timeline", "/settings", "/stats"):
+            self._json(200, getattr(review, path[1:])())
+        elif path == "/frame.jpg":
+            image = review.picture(_int(query, "i"), _int(query, "m", 0))
+            data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
+            self._send(200, data.tobytes(), "image/jpeg")
+        elif path == "/frame.png":
+            n = _int(query, "i")
+            self._send(200, review.png(n), "image/png",
+                       {"Content-Disposition": attachment(f"{site.stem}-{n:05d}.png")})
+        else:
+            self._send(204, b"", "image/x-icon")
 
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
+    def post(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
+        """Change the drawing settings, or export a range as MP4 (sent from its file)."""
         site: ReviewServer = self.server.owner
-        path, query = self._query()
-        if path not in ("/settings", "/export.mp4"):
-            self._error(404, f"cannot POST to {path!r}; POST JSON to /settings or /export.mp4")
+        body = self._body()
+        if path == "/settings":
+            self._json(200, site.review.change(body))
             return
-        if not site.allowed(self.headers.get("X-Carvis-Token") or query.get("token", "")):
-            self._error(403, "a valid token is needed here (X-Carvis-Token header or "
-                             "?token=..., as in the address carvis review printed)")
-            return
-        try:
-            body = self._body()
-            if path == "/settings":
-                self._json(200, site.review.change(body))
-            else:
-                data = site.export(body)
-                name = f"{site.stem}-{body['start']:05d}-{body['end']:05d}.mp4"
-                self._send(200, data, "video/mp4",
-                           {"Content-Disposition": f'attachment; filename="{name}"'})
-        except CarvisError as exc:
-            self._error(400, str(exc))
+        with site.export(body) as (mp4, name):
+            size = mp4.stat().st_size
+            self.send_response(200)
+            for key, value in (("Content-Type", "video/mp4"), ("Content-Length", str(size)),
+                               ("Content-Disposition", attachment(name)),
+                               ("Cache-Control", "no-store")):
+                self.send_header(key, value)
+            self.end_headers()
+            with mp4.open("rb") as f:
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
 
-    def _body(self) -> Any:
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > http.MAX_BODY:
-            raise CarvisError(f"a POST needs a JSON body of at most {http.MAX_BODY} bytes "
-                              "with its Content-Length")
-        try:
-            return json.loads(self.rfile.read(int(length)) or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CarvisError(f"body is not valid JSON ({exc}); send e.g. "
-                              "{\"threshold\": 120}") from None
+
+def _int(query: dict[str, str], key: str, default: int | None = None) -> int:
+    text = query.get(key)
+    if text is None and default is not None:
+        return default
+    if text is None or not re.fullmatch(r"-?[0-9]{1,12}", text):
+        raise CarvisError(f"{key}={(text or '')[:20]!r} is not a whole number; give e.g. ?{key}=0")
+    return int(text)
+
+
+def attachment(name: str) -> str:
+    """A Content-Disposition for a download named name (RFC 6266): the name in UTF-8, and an
+    ASCII stand-in for old clients; never a quote, backslash or line break raw."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
+                       for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 class ReviewServer:
@@ -131,7 +118,7 @@ class ReviewServer:
         self.page = web_file("review.html")
         self.stem = Path(review.name).stem or "frame"
         self._exporting = threading.Lock()
-        self._server = _bind(host, port)
+        self._server = _bind(host, port, self.token)
         self._server.owner = self
         self.host, self.port = self._server.server_address[:2]
         self._thread: threading.Thread | None = None
@@ -142,24 +129,24 @@ class ReviewServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
-    def allowed(self, given: str) -> bool:
-        """True when no token is needed or the one given is right."""
-        return self.token is None or hmac.compare_digest(given.encode(), self.token.encode())
-
     def owns(self, sock: object) -> bool:
         """No stream sockets here: the HTTP server closes every one."""
         return False
 
-    def export(self, body: Any) -> bytes:
-        """The MP4 of a range the page marked (one export at a time)."""
+    @contextlib.contextmanager
+    def export(self, body: Any) -> Iterator[tuple[Path, str]]:
+        """(the MP4 file, its download name) of a range the page marked, while in the block
+        (one export computed at a time; the file goes after)."""
         if not isinstance(body, dict) or not all(
                 isinstance(body.get(k), int) and not isinstance(body.get(k), bool)
                 for k in ("start", "end")):
             raise CarvisError("export needs {\"start\": FRAME, \"end\": FRAME}")
-        with self._exporting, tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp:
+        start, end = body["start"], body["end"]
+        with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp:
             path = Path(tmp) / "range.mp4"
-            self.review.export(body["start"], body["end"], path)
-            return path.read_bytes()
+            with self._exporting:
+                self.review.export(start, end, path)
+            yield path, f"{self.stem}-{start:05d}-{end:05d}.mp4"
 
     def start(self) -> ReviewServer:
         """Start answering requests, in a thread of their own."""
@@ -175,10 +162,10 @@ class ReviewServer:
         self._server.server_close()
 
 
-def _bind(host: str, port: int) -> http.Server:
+def _bind(host: str, port: int, token: str | None) -> http.Server:
     """The HTTP server on host:port, or one line saying why not."""
     try:
-        return http.Server((host, port), ReviewHandler)
+        return http.Server((host, port), ReviewHandler, token)
     except OSError as exc:
         raise CarvisError(f"review page: cannot listen on {host}:{port} "
                           f"({exc.strerror or exc}); give another --serve [HOST:]PORT") from None

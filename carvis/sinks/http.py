@@ -1,42 +1,51 @@
-"""The HTTP side of the MJPEG server: routes, the token, the settings POST, handing streams over.
+"""The HTTP side of carvis' servers: requests read in one event loop, answered in threads.
 
-The handler knows only a :class:`Site` (what to serve) and a :class:`Controller` (the live
-settings and stats); once a stream's headers are sent its socket is adopted by the site's pump.
+:class:`Server` accepts connections and reads every request's line, headers and body in one
+thread (selectors, non-blocking sockets): a slow client costs a buffer and a socket, never a
+thread, so a slow-loris that reconnects cannot hold the page. Only a whole request is handed to
+a thread of its own (at most MAX_ANSWERING at once); what was not whole after HEADER_TIMEOUT is
+cut with a 408, and at MAX_READING connections still sending, the oldest is cut for the new one.
 
-What a car on a shared Wi-Fi needs: a token that guards every route but the icon (given once as
-``?token=``, kept in a cookie so the page's own requests carry it); request headers and bodies
-read against a deadline (a slow-loris holds a thread at most ``HEADER_TIMEOUT`` seconds) and
-bodies capped; connections capped; fixed routes only, nothing read from disk per request; and a
-client that hangs up is counted, never a traceback on the car's console.
+:class:`Handler` answers the live routes for a :class:`Site` (what to serve) and a
+:class:`Controller` (the live settings and stats); once a stream's headers are sent its socket
+is adopted by the site's pump. Before any route, :mod:`carvis.sinks.httpguard` checks the Host,
+the token, and a POST's Origin and JSON. Every refusal is a 4xx with its reason in one line of
+JSON, a client that hangs up is counted, and nothing reaches the car's console as a traceback.
 """
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import importlib.resources
 import json
 import logging
+import selectors
 import socket
 import sys
 import threading
 import time
-from http import cookies
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from carvis import __version__
 from carvis.errors import CarvisError
+from carvis.sinks.httpguard import (
+    HANGUPS,
+    MAX_BODY,  # noqa: F401 - the body cap, where it was
+    Exchange,
+    Guard,
+    Refused,
+    request_size,
+)
 
 BOUNDARY = b"carvisframe"
-MAX_BODY = 64 * 1024
 HEADER_TIMEOUT = 8.0  # seconds a client has to send its request line, headers and body
-MAX_CONNECTIONS = 32  # requests being read or answered at once (streams are not counted)
-COOKIE = "carvis_token"
+MAX_HEAD = 32 * 1024  # request line and headers
+MAX_READING = 256  # connections still sending their request (a buffer each, no thread)
+MAX_ANSWERING = 32  # whole requests being answered at once (streams are not counted)
+LINGER = 2.0  # seconds a closed answer waits for the client's leftover bytes (no lost answer)
 ROUTES = ("/", "/index.html", "/stream.mjpg", "/snapshot.jpg", "/stats", "/settings",
           "/metrics", "/favicon.ico")
-#: What a client that hangs up or times out raises: counted, not reported.
-HANGUPS = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
 
 log = logging.getLogger("carvis")
 
@@ -76,62 +85,210 @@ def load_page() -> bytes:
     return (importlib.resources.files("carvis") / "web" / "index.html").read_bytes()
 
 
-class Server(ThreadingHTTPServer):
-    """A threading HTTP server for one Site; streams outlive their request threads."""
+class _Reading:
+    """A connection still sending its request: what came so far, and until when it may."""
 
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-    allow_reuse_address = True
+    __slots__ = ("addr", "buf", "due", "size")
 
-    owner: Site
+    def __init__(self, addr: Any, due: float) -> None:
+        self.addr, self.due, self.buf = addr, due, bytearray()
+        self.size: int | None = None  # of the whole request, once its head is in
 
-    def __init__(self, address: tuple[str, int], handler: type) -> None:
-        super().__init__(address, handler)
+
+class Server:
+    """Accepts connections and reads their requests in one event loop; answers each whole one
+    in a thread; serves one Site (``owner``) under one Guard."""
+
+    def __init__(self, address: tuple[str, int], handler: type, token: str | None = None
+                 ) -> None:
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=128)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self.guard = Guard(host, self.server_address[1], token)
+        self.handler = handler
+        self.owner: Any = None
+        self.counts = {"hangups": 0, "slow_cut": 0, "busy": 0, "denied": 0, "forged": 0,
+                       "refused": 0, "errors": 0}
         self._lock = threading.Lock()
-        self._deadlines: dict[socket.socket, float] = {}
-        self.counts = {"hangups": 0, "slow_cut": 0, "busy": 0, "denied": 0, "errors": 0}
+        self._reading: dict[socket.socket, _Reading] = {}  # in arrival order
+        self._lingering: dict[socket.socket, float] = {}
+        self._done: list[socket.socket] = []  # answered, to linger (from the threads)
+        self._answering = 0
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._closing = False
+        self._stopped = threading.Event()
 
     def count(self, event: str) -> None:
         """Count an HTTP event (for /stats and /metrics)."""
         with self._lock:
             self.counts[event] += 1
 
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
-        """A thread per request, up to MAX_CONNECTIONS; beyond, a quick 503."""
+    def serve_forever(self, poll_interval: float = 0.1) -> None:
+        """Accept, read and hand over requests until shutdown()."""
+        self._sel.register(self.socket, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._closing:
+                events = self._sel.select(poll_interval)
+                # What has arrived first, new connections last (at the cap a new one pushes
+                # out the oldest unfinished request: finish what can be finished first).
+                for key, _ in sorted(events, key=lambda e: e[0].data == "accept"):
+                    # (an event of this batch may be for a socket an earlier one closed)
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        while self._recv(self._wake_r):
+                            pass
+                    elif key.data == "linger":
+                        if key.fileobj in self._lingering and self._recv(key.fileobj) == b"":
+                            self._close(key.fileobj)
+                    elif self._reading.get(key.fileobj) is key.data:
+                        self._read(key.fileobj, key.data)
+                self._tidy(time.monotonic())
+        finally:
+            for sock in [*self._reading, *self._lingering]:
+                self._close(sock)
+            self._stopped.set()
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors: make room
+                self.count("errors")
+                log.debug("HTTP server cannot accept a connection: %s", exc)
+                victim = next(iter(self._lingering), None) or next(iter(self._reading), None)
+                if victim is None:
+                    time.sleep(0.05)  # nothing of ours to close: do not spin
+                else:
+                    self._close(victim)
+                return
+            sock.setblocking(False)
+            if len(self._reading) >= MAX_READING:  # the oldest unfinished request gives way
+                self.count("slow_cut")
+                self._say(next(iter(self._reading)), 408, f"{MAX_READING} clients were "
+                          "sending requests at once and this one had been sending longest")
+            self._reading[sock] = _Reading(addr, time.monotonic() + HEADER_TIMEOUT)
+            self._sel.register(sock, selectors.EVENT_READ, self._reading[sock])
+
+    def _read(self, sock: socket.socket, req: _Reading) -> None:
+        data = self._recv(sock)
+        if not data:
+            if data == b"":
+                self.count("hangups")
+                self._close(sock)
+            return
+        req.buf += data
+        if req.size is None:  # the head is not all there yet: look where it may end
+            req.size = request_size(req.buf, max(0, len(req.buf) - len(data) - 3))
+            if req.size is None and len(req.buf) > MAX_HEAD:
+                self.count("refused")
+                self._say(sock, 431, f"request line and headers over {MAX_HEAD // 1024} KiB")
+        if req.size is None or len(req.buf) < req.size:
+            return
+        self._sel.unregister(sock)
+        del self._reading[sock]
         with self._lock:
-            busy = len(self._deadlines) >= MAX_CONNECTIONS
-            if not busy:
-                self._deadlines[request] = time.monotonic() + HEADER_TIMEOUT
+            busy = self._answering >= MAX_ANSWERING
+            self._answering += not busy
         if busy:
             self.count("busy")
-            try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._say(sock, 503, "carvis is answering too many requests; try again in a "
+                      "moment", forget=False)
             return
-        super().process_request(request, client_address)
+        threading.Thread(target=self._answer, args=(sock, req.addr, bytes(req.buf[:req.size])),
+                         name="carvis-http-answer", daemon=True).start()
 
-    def read_done(self, request: socket.socket) -> None:
-        """The request is read: its deadline no longer applies."""
-        with self._lock:
-            self._deadlines[request] = float("inf")
+    def _answer(self, sock: socket.socket, addr: Any, data: bytes) -> None:
+        """Answer one whole request (a thread of its own)."""
+        try:
+            sock.setblocking(True)
+            self.handler((sock, data), addr, self)
+        except Exception:  # noqa: BLE001 - one line, never a traceback on the console
+            self.handle_error(sock, addr)
+        finally:
+            with self._lock:
+                self._answering -= 1
+                if not self.owner.owns(sock):
+                    self._done.append(sock)
+            self._wake()
 
-    def service_actions(self) -> None:
-        """Cut the connections still sending their request after HEADER_TIMEOUT."""
-        now = time.monotonic()
+    def _tidy(self, now: float) -> None:
+        """Linger the answered, cut requests late past HEADER_TIMEOUT, close lingerers."""
         with self._lock:
-            late = [sock for sock, due in self._deadlines.items() if due < now]
-            for sock in late:
-                self._deadlines[sock] = float("inf")
-        for sock in late:
+            done, self._done = self._done, []
+        for sock in done:
+            self._linger(sock)
+        while self._reading:
+            sock, req = next(iter(self._reading.items()))
+            if req.due > now:
+                break
             self.count("slow_cut")
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._say(sock, 408, f"the request did not arrive within {HEADER_TIMEOUT:g} s; "
+                      "send it whole")
+        while self._lingering and next(iter(self._lingering.values())) < now:
+            self._close(next(iter(self._lingering)))
+
+    def _say(self, sock: socket.socket, status: int, reason: str, forget: bool = True) -> None:
+        """A short answer from the loop itself (it never waits for the client), then linger."""
+        if forget:
+            self._sel.unregister(sock)
+            del self._reading[sock]
+        body = json.dumps({"error": reason}).encode()
+        head = (f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+                + ("Retry-After: 1\r\n" if status == 503 else "") + "\r\n")
+        try:
+            sock.send(head.encode() + body)
+        except OSError:
+            pass
+        self._linger(sock)
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Close the sending side; read what the client still sends for up to LINGER seconds,
+        so that closing with unread bytes (a reset) cannot destroy the answer in flight."""
+        try:
+            sock.setblocking(False)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if self._closing:
+            sock.close()
+            return
+        if len(self._lingering) >= MAX_READING:
+            self._close(next(iter(self._lingering)))
+        self._lingering[sock] = time.monotonic() + LINGER
+        self._sel.register(sock, selectors.EVENT_READ, "linger")
+
+    def _recv(self, sock: Any) -> bytes | None:
+        """What the socket has (b'' once the peer is gone), None when nothing is there yet."""
+        try:
+            return sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
+    def _close(self, sock: Any) -> None:
+        for table in (self._reading, self._lingering):
+            if table.pop(sock, None) is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(sock)
+        sock.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending) or closed
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up is counted; anything else is one line, never a traceback."""
@@ -143,98 +300,70 @@ class Server(ThreadingHTTPServer):
         log.warning("HTTP request from %s failed: %s: %s", client_address[0],
                     type(exc).__name__, exc)
 
-    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
-        """Leave stream sockets open: the pump has taken them over."""
-        with self._lock:
-            self._deadlines.pop(request, None)
-        if not self.owner.owns(request):
-            super().shutdown_request(request)
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait for it to end."""
+        self._closing = True
+        self._wake()
+        self._stopped.wait(5.0)
+
+    def server_close(self) -> None:
+        """Close the listening socket (after shutdown)."""
+        self._closing = True
+        self.socket.close()
+        if self._stopped.is_set() or not self._sel.get_map():
+            self._sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
 
 
-class Handler(BaseHTTPRequestHandler):
-    """The routes: page, stream, snapshot, stats, metrics and settings of the server's Site."""
+class Handler(Exchange):
+    """The live routes: page, stream, snapshot, stats, metrics and settings of the Site."""
 
-    server: Server
-    server_version = "carvis"
-    sys_version = ""
+    PAGES = ("/", "/index.html")
+    GETS = ROUTES
+    POSTS = ("/settings",)
+    GET_HINT = "try /, /stream.mjpg, /snapshot.jpg, /stats, /metrics or /settings"
+    POST_HINT = "POST JSON to /settings"
 
-    def version_string(self) -> str:
-        """The Server header: carvis/VERSION (http.server would add a space and Python's)."""
-        return f"carvis/{__version__}"
-    timeout = HEADER_TIMEOUT  # per read; the server's deadline bounds the whole request
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the live stats say what matters."""
-
-    # -- helpers ----------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, data: Any) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
-
-    def _error(self, status: int, reason: str) -> None:
-        self._json(status, {"error": reason})
-
-    def _given_token(self, query: dict[str, list[str]]) -> tuple[str, bool]:
-        """(the token the request carries, whether it came in the address)."""
-        jar = cookies.SimpleCookie()
-        try:
-            jar.load(self.headers.get("Cookie", ""))
-        except cookies.CookieError:
-            pass
-        in_query = query.get("token", [""])[0]
-        given = (self.headers.get("X-Carvis-Token")
-                 or self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                 or in_query or (jar[COOKIE].value if COOKIE in jar else ""))
-        return given, bool(in_query)
-
-    def _allowed(self, path: str, query: dict[str, list[str]]) -> dict[str, str] | None:
-        """Headers to add (a cookie) if the request may go on; None once refused (answered)."""
-        token = self.server.owner.token
-        if token is None or path == "/favicon.ico":
-            return {}
-        given, in_query = self._given_token(query)
-        if hmac.compare_digest(given.encode(), token.encode()):
-            return {"Set-Cookie": f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"} \
-                if in_query else {}
-        self.server.count("denied")
-        reason = ("this carvis needs its token: open the address printed when it started "
-                  "(it ends in ?token=...)")
-        if path in ("/", "/index.html"):
-            self._send(401, f"<!doctype html><title>carvis</title><p>{reason}</p>".encode(),
-                       "text/html; charset=utf-8")
-        else:
-            self._error(401 if not given else 403, reason if not given else "wrong token")
-        return None
-
-    # -- routes -----------------------------------------------------------------------------
     def do_GET(self) -> None:
-        self.server.read_done(self.connection)
-        owner = self.server.owner
-        url = urlsplit(self.path)
-        path = url.path
-        if path not in ROUTES:
-            self._error(404, f"no such page {path!r}; try /, /stream.mjpg, /snapshot.jpg, "
-                             "/stats, /metrics or /settings")
-            return
-        extra = self._allowed(path, parse_qs(url.query))
-        if extra is None:
-            return
-        if path in ("/", "/index.html"):
-            if "Set-Cookie" in extra:  # the token is in the cookie now: out of the address bar
-                self._send(303, b"", "text/plain", {**extra, "Location": "/"})
+        self._answer(self.GETS, self.get, f"no such page {{!r}}; {self.GET_HINT}")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        self._answer(self.POSTS, self.post, f"cannot POST to {{!r}}; {self.POST_HINT}")
+
+    def _answer(self, routes: Any, route: Any, missing: str) -> None:
+        """Check the request (Host, route, token, Origin, JSON), then hand it to its route."""
+        path = "?"
+        try:
+            if not self.path.startswith("/") or self.path.startswith("//"):
+                raise Refused(400, f"request target {self.path[:80]!r} is not a path; ask for "
+                                   "e.g. GET /")
+            url = urlsplit(self.path)
+            path, query = url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
+            self.server.guard.check_host(self.headers)
+            if path not in routes:
+                raise Refused(404, missing.format(path))
+            extra = self.server.guard.admit(self.command, path, self.headers, query)
+            if path in self.PAGES and "Set-Cookie" in extra:  # token now in the cookie: out of
+                self._send(303, b"", "text/plain", {**extra, "Location": path})  # the address
+                return
+            route(path, query, extra)
+        except CarvisError as exc:
+            status = getattr(exc, "http_status", 400)
+            self.server.count(getattr(exc, "counter", "refused"))
+            if status == 401 and path in self.PAGES:
+                self._send(401, f"<!doctype html><title>carvis</title><p>{exc}</p>".encode(),
+                           "text/html; charset=utf-8")
             else:
-                self._send(200, owner.page, "text/html; charset=utf-8")
+                self._error(status, str(exc))
+
+    def get(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
+        """Answer a GET (or HEAD) the guard let through."""
+        owner: Site = self.server.owner
+        if path in self.PAGES:
+            self._send(200, owner.page, "text/html; charset=utf-8")
         elif path == "/stream.mjpg":
             self._stream(extra)
         elif path == "/snapshot.jpg":
@@ -255,40 +384,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no such page {path!r}")
 
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        owner = self.server.owner
-        url = urlsplit(self.path)
-        if url.path != "/settings":
-            self.server.read_done(self.connection)
-            self._error(404, f"cannot POST to {url.path!r}; POST JSON to /settings")
-            return
-        if self._allowed(url.path, parse_qs(url.query)) is None:
-            return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._error(411, "POST /settings needs a Content-Length")
-            return
-        if not 0 <= length <= MAX_BODY:
-            self._error(413, f"settings body of {length} bytes is too large (max {MAX_BODY})")
-            return
-        body = self.rfile.read(length)
-        self.server.read_done(self.connection)
-        if len(body) < length:
-            return  # the client hung up (or was cut off) mid-body
-        try:
-            changes = json.loads(body or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._error(400, f"body is not valid JSON ({exc}); send e.g. {{\"threshold\": 120}}")
-            return
-        try:
-            result = owner.controller.change(changes)
-        except CarvisError as exc:
-            self._error(getattr(exc, "http_status", 400), str(exc))
-            return
-        self._json(200, result)
+    def post(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
+        """Change the live settings (a CarvisError from them is the 400 with its reason)."""
+        self._json(200, self.server.owner.controller.change(self._body()))
 
     def _stream(self, extra: dict[str, str]) -> None:
         if not self.server.owner.can_adopt():
@@ -308,3 +406,4 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if self.command == "GET":
             self.server.owner.adopt(self.connection)
+

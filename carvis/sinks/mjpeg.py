@@ -18,12 +18,8 @@ settings; POST JSON to change them); all behind the token when there is one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import ipaddress
-import secrets
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +31,10 @@ from carvis.errors import CarvisError
 from carvis.frame import Frame
 from carvis.sinks import Sink
 from carvis.sinks.http import BOUNDARY, Controller, Handler, Server, load_page
+from carvis.sinks.httpguard import reachable_addresses
 
 __all__ = ["BOUNDARY", "Broadcast", "JpegEncoder", "MjpegServer", "StreamPump", "Viewers",
-           "choose_token", "is_loopback", "parse_address", "reachable_addresses"]
+           "parse_address"]
 
 MAX_VIEWERS = 64  # streams at once (the pump is one thread; the car's Wi-Fi is the limit)
 
@@ -298,7 +295,7 @@ class MjpegServer:
         self._stats = stats or controller.stats
         self._metrics = metrics
         try:
-            self._server = Server((host, port), Handler)
+            self._server = Server((host, port), Handler, self.token)
         except OSError as exc:
             raise CarvisError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick "
                               "another port with --serve HOST:PORT") from None
@@ -363,47 +360,6 @@ class MjpegServer:
             self._server.shutdown()
         self._server.server_close()
         self.pump.close()
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def reachable_addresses() -> list[str]:
-    """This machine's IPv4 addresses other machines may reach (no loopback), from its
-    interfaces; nothing is sent anywhere."""
-    found: list[str] = []
-    for _, name in socket.if_nameindex():
-        with contextlib.suppress(OSError), \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
-                                 struct.pack("256s", name.encode()[:15]))
-            address = socket.inet_ntoa(packed[20:24])
-            if not ipaddress.ip_address(address).is_loopback and address not in found:
-                found.append(address)
-    return found
-
-
-def choose_token(address: tuple[str, int] | None, token: str | None, refuse: bool
-                 ) -> tuple[str | None, str | None]:
-    """(the token to serve with, a warning to show): given, or made up off loopback unless
-    refused; the warning names the addresses this machine is reachable at."""
-    if address is None or token or is_loopback(address[0]):
-        return token, None
-    host = address[0]
-    seen = ", ".join(reachable_addresses()) if host in ("0.0.0.0", "::", "") else host
-    if refuse:
-        return None, (f"serving on {seen or host} without a token (--no-token): anyone on "
-                      "this network may watch and change settings")
-    return secrets.token_urlsafe(12), (
-        f"--serve {host} is reachable from the network ({seen or 'no address found'}); made "
-        "up a token for the page (give --token T to choose one, --no-token for none)")
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
