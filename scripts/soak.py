@@ -101,7 +101,7 @@ def _viewer(port: int, kind: int, rng: random.Random) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         if kind == 2:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: car\r\n\r\n")
+        sock.sendall(f"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         if kind == 0:
             got = 0
             while got < 60_000:
