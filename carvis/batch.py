@@ -16,12 +16,14 @@ pipeline threads (decode, model and overlay, encode and write), which wait on ea
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import os
 import queue
 import re
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ log = logging.getLogger("carvis")
 
 #: --format → the output's suffix ("" is a folder of numbered PNG frames).
 FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "avi": ".avi", "png": ""}
+
+STOP_SECONDS = 10.0  # how long stopped workers get to close their files
 
 #: A job's progress: (job number, kind, value) as carvis.jobs.Progress has them.
 Progress = Callable[[int, str, Any], None]
@@ -85,16 +89,35 @@ def _init_worker(options: RenderOptions, events: Any) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    _worker.update(options=options, events=events, session=None, opened=False)
+    _worker.update(options=options, events=events, session=None, opened=False, busy=False)
+    # Ctrl-C in a terminal reaches every process of the group: the parent alone decides, and
+    # stops the workers with SIGTERM; a worker in a job closes its output first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop)
+
+
+def _worker_stop(_signum: int, _frame: object) -> None:
+    if _worker.get("busy"):
+        _worker["stopping"] = True
+        raise KeyboardInterrupt  # render_job closes the file and says how many frames
+    os._exit(0)  # between jobs: nothing open
 
 
 def _run_in_worker(number: int, job: Job) -> Outcome:
     options: RenderOptions = _worker["options"]
-    if not _worker["opened"]:
-        _worker["session"], _worker["opened"] = open_session(options), True
-    events = _worker["events"]
-    return render_job(job, options, _worker["session"],
-                      lambda kind, value: events.put((number, kind, value)))
+    if _worker.get("stopping"):
+        return Outcome(job, interrupted=True)
+    _worker["busy"] = True
+    try:
+        if not _worker["opened"]:
+            _worker["session"], _worker["opened"] = open_session(options), True
+        events = _worker["events"]
+        return render_job(job, options, _worker["session"],
+                          lambda kind, value: events.put((number, kind, value)))
+    except KeyboardInterrupt:  # stopped while the model loaded
+        return Outcome(job, interrupted=True)
+    finally:
+        _worker["busy"] = False
 
 
 def run(jobs: Sequence[Job], options: RenderOptions, workers: int = 1,
@@ -145,10 +168,32 @@ def _run_pool(jobs: Sequence[Job], options: RenderOptions, workers: int,
                     if done is not None:
                         done(outcomes[i])
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_workers(pool, futures, outcomes, jobs, done)
             raise
         _drain(events, progress)
     return [o for o in outcomes if o is not None]
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, futures: dict, outcomes: list,
+                  jobs: Sequence[Job], done: Callable[[Outcome], None] | None) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP to the batch: every worker closes its file and ends; the jobs
+    they were in are reported interrupted, the others not started."""
+    for future in futures:
+        future.cancel()
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
+    finished, _ = concurrent.futures.wait(futures, timeout=STOP_SECONDS)
+    for future in finished:
+        i = futures[future]
+        if outcomes[i] is None and not future.cancelled():
+            try:
+                outcomes[i] = future.result()
+            except Exception:  # noqa: BLE001 - a worker that ended: its job did not finish
+                outcomes[i] = Outcome(jobs[i], interrupted=True)
+            if done is not None:
+                done(outcomes[i])
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _drain(events: Any, progress: Progress | None) -> None:

@@ -3,6 +3,8 @@ each case named after what was found."""
 
 from __future__ import annotations
 
+import os
+import re
 import types
 from pathlib import Path
 
@@ -133,3 +135,42 @@ def test_output_equal_to_the_input_is_refused_before_anything_is_opened(tmp_path
                                      "writing it would destroy the source; give another "
                                      "output name")]
     assert clip.read_bytes() == before
+
+
+def _small_files(limit: int):
+    def set_limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+@pytest.mark.parametrize("name, limit", [("o.avi", 400_000), ("o.mp4", 60_000),
+                                         ("o.mkv", 60_000), ("frames", 20_000)])
+def test_20_6_a_full_disk_is_the_same_one_line_and_exit_for_every_container(tmp_path, name,
+                                                                            limit):
+    import subprocess
+    import sys
+
+    out = tmp_path / name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}  # as a user has it
+    r = subprocess.run([sys.executable, "-m", "carvis.cli", "render",
+                        "synthetic:frames=200,size=640x480", "-o", str(out), "-q", *MODEL],
+                       check=False, capture_output=True, text=True, cwd=tmp_path, env=env,
+                       preexec_fn=_small_files(limit), timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    said = re.match(r"carvis: error: cannot write '(.+)' \(File too large\) "
+                    r"(before any frame|after (\d+) frames?; what reached the disk before "
+                    r"plays); free disk space or give an output on another disk$", lines[0])
+    assert said, lines[0]
+    assert said[1].startswith(str(out))
+    given = int(said[3] or 0)
+    if out.suffix in (".avi", ".mkv", ".mp4"):  # it plays, and holds no more than was given
+        probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams",
+                                "v:0", "-show_entries", "stream=nb_read_frames", "-of",
+                                "csv=p=0", str(out)], check=False, capture_output=True,
+                               text=True)
+        assert 0 < int(probe.stdout.strip() or 0) <= given < 200, (given, probe)

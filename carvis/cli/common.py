@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +97,22 @@ def serve_token(address: tuple[str, int] | None, token: str | None, no_token: bo
     if warning:
         print(f"carvis: warning: {warning}", file=sys.stderr)
     return token
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (an SSH drop) end the command as Ctrl-C does: the file closed, the
+    frames counted, a non-zero exit."""
+    def as_ctrl_c(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    wanted = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    try:
+        previous = {sig: signal.signal(sig, as_ctrl_c) for sig in wanted}
+    except ValueError:  # not the main thread (carvis embedded): leave the signals alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from carvis.cli.common import add_model_args, count, resolve_profile
+from carvis.cli.common import add_model_args, count, resolve_profile, stop_signals
 from carvis.errors import CarvisError
 
 
@@ -46,9 +46,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     both through carvis.jobs.render_job, the one render path."""
     if args.max_frames is not None and args.max_frames < 1:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
-    if len(args.source) > 1 or args.jobs is not None or args.format is not None:
-        return _render_batch(args)
-    return _render_one(args)
+    with stop_signals():
+        if len(args.source) > 1 or args.jobs is not None or args.format is not None:
+            return _render_batch(args)
+        return _render_one(args)
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -142,6 +143,8 @@ def _render_batch(args: argparse.Namespace) -> int:
 
     def done(o: Any) -> None:
         finished.append(o)
+        if o.interrupted:
+            return
         bar.set_description(f"{len(finished)}/{len(jobs)} files")
         if o.error:
             failed.append(o.job.source)
@@ -154,6 +157,14 @@ def _render_batch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         batch.run(jobs, options, workers, progress, done)
+    except KeyboardInterrupt:
+        bar.close()
+        cut = [o for o in finished if o.interrupted]
+        whole = [o for o in finished if not o.interrupted and not o.error]
+        print(f"carvis: interrupted: {len(whole)} of {len(jobs)} rendered to {args.output}"
+              + "".join(f"; {o.job.output} stopped after {count(o.frames, 'frame')} (playable)"
+                        for o in cut), file=sys.stderr)
+        return 130
     finally:
         bar.close()
     gone = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""

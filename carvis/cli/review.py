@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from carvis.cli.common import add_backend_args, serve_token
+from carvis.cli.common import add_backend_args, serve_token, stop_signals
 from carvis.errors import CarvisError
 
 
@@ -29,7 +29,13 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    """`carvis review`: the maps once (a progress bar per model), then the page until Ctrl-C."""
+    """`carvis review`: the maps once (a progress bar per model), then the page until Ctrl-C
+    (or SIGTERM / SIGHUP, which stop it the same way)."""
+    with stop_signals():
+        return _review(args)
+
+
+def _review(args: argparse.Namespace) -> int:
     import threading
 
     from tqdm import tqdm

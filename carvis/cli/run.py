@@ -101,8 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             if interrupts > 1:
                 raise KeyboardInterrupt
 
+        # Ctrl-C, SIGTERM and SIGHUP (an SSH drop) all stop the loop, which closes the file.
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
-                                                                    signal.SIGTERM)}
+                                                                    signal.SIGTERM,
+                                                                    signal.SIGHUP)}
         where = [f"{source.name} ({'live' if source.live else f'{source.fps:g} fps'})"]
         if runner.server is not None:
             where.append(f"page {' or '.join(runner.server.urls())}")

@@ -1,76 +1,59 @@
-"""File sinks: an MJPG .avi, or a folder of numbered PNG frames."""
+"""File sinks: an MJPG .avi (through PyAV), or a folder of numbered PNG frames."""
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.sinks import Sink
+from carvis.sinks.checks import check_writable_dir, check_writable_file, write_failed
+from carvis.sinks.video import check_fps, frame_rate, import_av
 
 log = logging.getLogger("carvis")
 
 
-def check_writable_dir(path: Path, what: str) -> None:
-    """Fail early, in one line, if files cannot be created in this folder."""
-    if not path.exists():
-        raise CarvisError(f"{what} {str(path)!r}: folder does not exist; create it first")
-    if not path.is_dir():
-        raise CarvisError(f"{what} {str(path)!r} is not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CarvisError(f"{what} {str(path)!r}: no permission to write there; "
-                          "choose another output path")
-
-
 class AviSink(Sink):
-    """Motion-JPEG in an AVI container at the source's fps; released on close (Ctrl-C too)."""
+    """Motion-JPEG in an AVI container at the source's fps; released on close (Ctrl-C too).
 
-    # Each frame is JPEG-encoded by OpenCV (libjpeg-turbo, at `quality`; 3x faster than FFmpeg's
-    # MJPEG encoder, which also ignored the quality) and handed to FFmpeg's AVI muxer as a
-    # finished packet; OpenCV builds without raw-packet writing fall back to FFmpeg's encoder.
-    # `timings` keeps the last encode and write times (seconds).
+    Each frame is JPEG-encoded by OpenCV (libjpeg-turbo, at `quality`; 3x faster than
+    FFmpeg's MJPEG encoder) and muxed by FFmpeg's AVI muxer through PyAV as a finished packet,
+    so a failed write (a full disk) raises, as it does for .mp4/.mkv. `timings` keeps the last
+    encode and write times (seconds).
+    """
 
     def __init__(self, path: str | Path, fps: float, quality: int = 95) -> None:
         self.path = Path(path)
-        self.fps = float(fps)
+        self.fps = check_fps(fps, f"output {str(self.path)!r}")
         self.quality = quality
         self.frames = 0
-        check_writable_dir(self.path.resolve().parent, "output")
-        if self.path.exists() and not os.access(self.path, os.W_OK):
-            raise CarvisError(f"output {str(self.path)!r} exists and is read-only; "
-                              "choose another output path")
-        self._writer: cv2.VideoWriter | None = None
+        check_writable_file(self.path)
+        self._av = import_av("writing .avi")
+        self._container: Any = None
+        self._stream: Any = None
         self._size: tuple[int, int] | None = None
-        self._raw = False
         self._resized = False
         self._params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
         self.timings: dict[str, collections.deque[float]] = {
             "encode": collections.deque(maxlen=300), "write": collections.deque(maxlen=300)}
 
     def _open(self, size: tuple[int, int]) -> None:
-        fourcc = cv2.VideoWriter_fourcc(*"MJPG")
-        raw = getattr(cv2, "VIDEOWRITER_PROP_RAW_VIDEO", None)
-        writer = None
-        if raw is not None:
-            writer = cv2.VideoWriter(str(self.path), cv2.CAP_FFMPEG, fourcc, self.fps, size,
-                                     [raw, 1])
-            if not writer.isOpened():
-                writer = None
-        self._raw = writer is not None
-        if writer is None:
-            writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
-        if not writer.isOpened():
-            raise CarvisError(f"output {str(self.path)!r} cannot be written as an MJPG AVI; "
-                              "check the path and the free disk space")
-        if not self._raw:
-            writer.set(cv2.VIDEOWRITER_PROP_QUALITY, self.quality)
-        self._writer, self._size = writer, size
+        try:
+            container = self._av.open(str(self.path), mode="w", format="avi")
+        except (OSError, self._av.FFmpegError) as exc:
+            raise write_failed(self.path, exc, self.frames) from None
+        rate = frame_rate(self.fps)
+        stream = container.add_stream("mjpeg", rate=rate)
+        self._time_base = 1 / rate  # packets are numbered in frames
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuvj420p"
+        self._container, self._stream, self._size = container, stream, size
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """The frame as JPEG bytes (uint8 array), as this sink stores it."""
@@ -81,7 +64,7 @@ class AviSink(Sink):
 
     def write(self, image: np.ndarray) -> None:
         size = (image.shape[1], image.shape[0])
-        if self._writer is None:
+        if self._container is None:
             self._open(size)
         elif size != self._size:
             # A live view change (grid, compare) mid-recording: an .avi holds one size, so the
@@ -92,21 +75,28 @@ class AviSink(Sink):
                 self._resized = True
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         t0 = time.perf_counter()
-        if self._raw:
-            packet = self.encode(image).reshape(1, -1)
-            t1 = time.perf_counter()
-            self._writer.write(packet)
-            self.timings["encode"].append(t1 - t0)
-            self.timings["write"].append(time.perf_counter() - t1)
-        else:
-            self._writer.write(image)
-            self.timings["write"].append(time.perf_counter() - t0)
+        packet = self._av.Packet(self.encode(image).tobytes())
+        t1 = time.perf_counter()
+        packet.stream = self._stream
+        packet.pts = packet.dts = self.frames
+        packet.time_base = self._time_base
+        packet.is_keyframe = True
+        try:
+            self._container.mux(packet)
+        except (OSError, self._av.FFmpegError) as exc:
+            raise write_failed(self.path, exc, self.frames) from None
+        self.timings["encode"].append(t1 - t0)
+        self.timings["write"].append(time.perf_counter() - t1)
         self.frames += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            container.close()  # writes the index: a failure here is a write that failed too
+        except (OSError, self._av.FFmpegError) as exc:
+            raise write_failed(self.path, exc, self.frames) from None
 
 
 class PngDirSink(Sink):
@@ -131,6 +121,12 @@ class PngDirSink(Sink):
 
     def write(self, image: np.ndarray) -> None:
         target = self.path / f"{self.frames:06d}.png"
-        if not cv2.imwrite(str(target), image, self._params):
-            raise CarvisError(f"cannot write {str(target)!r}; check the free disk space")
+        ok, data = cv2.imencode(".png", image, self._params)
+        if not ok:
+            raise CarvisError(f"cannot PNG-encode a {image.shape} frame for {str(target)!r}")
+        try:
+            target.write_bytes(data.tobytes())
+        except OSError as exc:
+            target.unlink(missing_ok=True)  # a cut PNG is no frame
+            raise write_failed(target, exc, self.frames) from None
         self.frames += 1

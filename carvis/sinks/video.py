@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.sinks import Sink
-from carvis.sinks.files import check_writable_dir
+from carvis.sinks.checks import check_writable_file, write_failed
 
 log = logging.getLogger("carvis")
 
@@ -48,14 +47,6 @@ def check_fps(fps: float | None, where: str) -> float:
     if not fps or not 0 < float(fps) <= 1000:
         raise CarvisError(f"{where}: frame rate {fps} is not valid; allowed 0 < fps <= 1000")
     return float(fps)
-
-
-def check_writable_file(path: Path) -> None:
-    """Fail early, in one line, where the file cannot be created or overwritten."""
-    check_writable_dir(path.resolve().parent, "output")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise CarvisError(f"output {str(path)!r} exists and is read-only; "
-                          "choose another output path")
 
 
 def even_size(image: np.ndarray) -> np.ndarray:
@@ -149,8 +140,7 @@ class VideoSink(Sink):
         try:
             container = self._av.open(str(self.path), mode="w", format=muxer, options=options)
         except (OSError, self._av.FFmpegError) as exc:
-            raise CarvisError(f"output {str(self.path)!r} cannot be opened for writing "
-                              f"({exc}); check the path and the free disk space") from None
+            raise write_failed(self.path, exc, self.frames) from None
         options = {"crf": str(self.crf), "preset": self.preset}
         if self.threads:
             options["threads"] = str(self.threads)
@@ -168,8 +158,7 @@ class VideoSink(Sink):
         try:
             self._container.mux(packets)
         except (OSError, self._av.FFmpegError) as exc:
-            raise CarvisError(f"cannot write {str(self.path)!r} ({exc}); check the free "
-                              "disk space") from None
+            raise write_failed(self.path, exc, self.frames) from None
 
     def close(self) -> None:
         container = self._container
@@ -179,4 +168,7 @@ class VideoSink(Sink):
             self._mux(self._encoder.flush())  # the frames still in the encoder's lookahead
         finally:
             self._container = None
-            container.close()
+            try:
+                container.close()
+            except (OSError, self._av.FFmpegError) as exc:
+                raise write_failed(self.path, exc, self.frames) from None
