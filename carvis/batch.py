@@ -127,6 +127,8 @@ def run(jobs: Sequence[Job], options: RenderOptions, workers: int = 1,
     if workers < 1:
         raise CarvisError(f"--jobs {workers} must be at least 1")
     workers = min(workers, len(jobs)) or 1
+    for folder in {job.output.parent for job in jobs}:  # -o OUTDIR is made if missing
+        folder.mkdir(parents=True, exist_ok=True)
     if workers > 1 and options.encoder_threads is None:
         options = dataclasses.replace(options, encoder_threads=1)
     if workers == 1:

@@ -93,7 +93,9 @@ class OverlayPart:
 
 class PilotOverlayPart(OverlayPart):
     """The car's pilot and its overlay from one invoke:
-    ``run(image) -> (image, angle, throttle)``, throttle None for an angle-only model."""
+    ``run(image) -> (image, angle, throttle)``, throttle None for an angle-only model. With
+    ``hud`` (the default) the image is the frame with the steering panel below it, so it is
+    taller than the camera's; ``hud=False`` keeps the camera's size."""
 
     def __init__(self, model: str | Path | None = None,
                  profile: str | Path | prof.Profile | None = None, *,

@@ -1,9 +1,10 @@
-"""Recorded vs predicted steering on the frame (labelled lines, L/R marks, throttle) and a strip
-chart of the angle over the last seconds: makemovie's green and blue lines, made readable.
+"""The steering dashboard below the picture and the strip chart below that: recorded vs
+predicted (makemovie's green and blue lines, made readable), drawn at the output's resolution
+and never over the picture, so a 160x120 DonkeyCar frame keeps its overlay visible.
 
-Both are views in supervision's annotate style: configured once, called per frame (the HUD in
-place; the chart returns a new picture, the frame with the chart below it — never a buffer kept
-between frames, which a writer thread might still be reading: carvis.handoff).
+Both are views in supervision's annotate style: configured once, called per frame, and each
+call returns a new picture (the frame with its panel below) — never a buffer kept between
+frames, which a writer thread might still be reading (carvis.handoff).
 """
 
 from __future__ import annotations
@@ -17,49 +18,18 @@ import numpy as np
 
 from carvis.errors import CarvisError
 from carvis.pilot import Steering
-from carvis.views import (
-    FONT,
-    HUD_OUTLINE,
-    HUD_PANEL,
-    NEEDLE_MAX_DEGREES,
-    bar_layout,
-    draw_bins,
-    draw_needle,
-)
+from carvis.views import FONT, HUD_OUTLINE, HUD_PANEL, TEXT, draw_bins
 
 RECORDED = (0, 210, 0)     # BGR green: what the driver did (makemovie's green line)
 PREDICTED = (255, 120, 0)  # BGR blue: what the model says (makemovie's blue line)
 AXIS = (90, 90, 90)
 MIN_LENGTH = 0.3           # a line's length at throttle 0, as a fraction of the full length
+MAX_DEGREES = 60.0         # an angle of ±1 turns a line this far from straight ahead
 
 
-@dataclasses.dataclass(frozen=True)
-class LineLayout:
-    """Where the steering lines go: a pivot, the full length, and the text size."""
-
-    pivot: tuple[int, int]
-    length: int
-    scale: float
-
-
-def line_layout(frame_shape: tuple[int, ...], bins: int = 0) -> LineLayout:
-    """The lines' pivot at the bottom centre (above a bins bar, if one is drawn)."""
-    h, w = int(frame_shape[0]), int(frame_shape[1])
-    bottom = h - 1 - max(4, h // 40)
-    if bins:  # above the bar, clear of the lines' round ends
-        bottom = bar_layout(frame_shape, bins).panel[1] - 3 - max(4, min(h, w) // 30)
-    length = max(10, min(bottom - 2, min(h, w) // 2))
-    return LineLayout((w // 2, bottom), length, max(0.35, min(h, w) / 640))
-
-
-def line_tip(layout: LineLayout, angle: float, throttle: float | None) -> tuple[int, int]:
-    """The end of a steering line: turned by angle x 60 deg, longer with more throttle."""
-    theta = math.radians(max(-1.0, min(1.0, float(angle))) * NEEDLE_MAX_DEGREES)
-    share = 1.0 if throttle is None else MIN_LENGTH + (1 - MIN_LENGTH) * min(
-        max(float(throttle), 0.0), 1.0)
-    length = layout.length * share
-    x, y = layout.pivot
-    return round(x + length * math.sin(theta)), round(y - length * math.cos(theta))
+def text_scale(row_height: float) -> float:
+    """The Hershey font scale whose text (with its descent) fits a row of this height."""
+    return max(0.3, row_height / 30.0)
 
 
 def label(name: str, steering: Steering) -> str:
@@ -68,74 +38,135 @@ def label(name: str, steering: Steering) -> str:
     return text if steering.throttle is None else f"{text} thr {steering.throttle:.2f}"
 
 
+# --------------------------------------------------------------------------- the dashboard
+
+
+@dataclasses.dataclass(frozen=True)
+class PanelLayout:
+    """The dashboard below a picture: the gauge, the legend and the bins' places."""
+
+    top: int          # first row of the panel in the output
+    height: int
+    pivot: tuple[int, int]  # the gauge's lines start here
+    length: int       # a line's full length
+    text_x: int       # the legend's left edge
+    bins: tuple[int, int, int, int]  # x0, y0, x1, y1 of the bins' area (right of the legend)
+
+    @property
+    def scale(self) -> float:
+        """The legend's font scale: three rows fill the panel."""
+        return text_scale(self.height / 3.4)
+
+
+def panel_layout(picture_shape: tuple[int, ...], bins: bool) -> PanelLayout:
+    """Where the dashboard goes below a picture of this shape (its size follows the width)."""
+    h, w = int(picture_shape[0]), int(picture_shape[1])
+    height = max(64, min(150, round(w * 0.18)))
+    length = round(height * 0.72)
+    pivot = (8 + length, h + height - 8)
+    text_x = pivot[0] + length + 14
+    right = w - 8 if bins else w
+    bins_x0 = max(text_x + 4, w - 8 - min(w // 4, 24 * 20)) if bins else w
+    return PanelLayout(h, height, pivot, length, text_x,
+                       (bins_x0, h + 8, right, h + height - 8))
+
+
+def line_tip(layout: PanelLayout, angle: float, throttle: float | None) -> tuple[int, int]:
+    """The end of a steering line: turned by angle x 60 deg, longer with more throttle."""
+    theta = math.radians(max(-1.0, min(1.0, float(angle))) * MAX_DEGREES)
+    share = 1.0 if throttle is None else MIN_LENGTH + (1 - MIN_LENGTH) * min(
+        max(float(throttle), 0.0), 1.0)
+    length = layout.length * share
+    x, y = layout.pivot
+    return round(x + length * math.sin(theta)), round(y - length * math.cos(theta))
+
+
 class SteeringHud:
-    """The model's steering and, on a tub, the recorded one: lines, L/R marks, a legend."""
+    """Recorded and predicted steering in a panel below the picture: a gauge (lines turned by
+    the angle, long by the throttle, L and R at its ends), a legend naming the frame (record,
+    time, mode) and both values, and the pilot's bins."""
 
-    def __init__(self, thickness: int | None = None) -> None:
-        self.thickness = thickness
-
-    def __call__(self, frame: np.ndarray, predicted: Steering | None,
-                 recorded: Steering | None = None) -> np.ndarray:
-        """Draw on the frame in place; a bare steering value keeps the needle."""
+    def __call__(self, picture: np.ndarray, predicted: Steering | None,
+                 recorded: Steering | None = None, caption: str | None = None) -> np.ndarray:
+        """The picture with the panel below it (a new array); nothing to show: the picture."""
         if predicted is None:
-            return frame
-        bins = predicted.angle_bins
-        if bins is not None:
-            draw_bins(frame, bins)
-        if recorded is None and predicted.throttle is None:
-            return frame if bins is not None else draw_needle(frame, predicted.angle)
-        layout = line_layout(frame.shape, 0 if bins is None else len(bins))
-        self._axis(frame, layout)
-        thick = self.thickness or max(2, layout.length // 30)
-        rows = []
+            return picture
+        bins = [b for b in (predicted.angle_bins, predicted.throttle_bins) if b is not None]
+        layout = panel_layout(picture.shape, bool(bins))
+        h, w = picture.shape[:2]
+        out = np.empty((h + layout.height, w, 3), np.uint8)
+        out[:h] = picture
+        out[h:] = HUD_PANEL
+        self._gauge(out, layout, predicted, recorded)
+        rows = [(caption, TEXT)] if caption else []
         if recorded is not None:
-            cv2.line(frame, layout.pivot, line_tip(layout, recorded.angle, recorded.throttle),
-                     RECORDED, thick + 2, cv2.LINE_AA)
             rows.append((label("recorded", recorded), RECORDED))
-        cv2.line(frame, layout.pivot, line_tip(layout, predicted.angle, predicted.throttle),
-                 PREDICTED, thick, cv2.LINE_AA)
         rows.append((label("predicted", predicted), PREDICTED))
-        legend(frame, rows, layout.scale)
-        return frame
+        legend(out, rows, layout.text_x, layout.top, layout.height, layout.bins[0] - 8)
+        x0, y0, x1, y1 = layout.bins
+        for k, values in enumerate(bins):  # the angle's bins above the throttle's
+            band = (y1 - y0 + 1) // len(bins)
+            draw_bins(out, values, (x0, y0 + k * band, x1, y0 + (k + 1) * band - 4))
+        return out
 
     @staticmethod
-    def _axis(frame: np.ndarray, layout: LineLayout) -> None:
-        """The arc the lines sweep, with L and R at its ends."""
-        cv2.ellipse(frame, layout.pivot, (layout.length, layout.length), 0,
-                    270 - NEEDLE_MAX_DEGREES, 270 + NEEDLE_MAX_DEGREES, HUD_OUTLINE, 1,
-                    cv2.LINE_AA)
+    def _gauge(out: np.ndarray, layout: PanelLayout, predicted: Steering,
+               recorded: Steering | None) -> None:
+        """The arc the lines sweep, L and R at its ends, and the lines."""
+        cv2.ellipse(out, layout.pivot, (layout.length, layout.length), 0, 270 - MAX_DEGREES,
+                    270 + MAX_DEGREES, HUD_OUTLINE, 1, cv2.LINE_AA)
+        scale = layout.scale * 0.8
         for text, side in (("L", -1.0), ("R", 1.0)):
-            x, y = line_tip(dataclasses.replace(layout, length=layout.length + 4), side, None)
-            tw = cv2.getTextSize(text, FONT, layout.scale, 1)[0][0]
-            x = x - tw if side < 0 else x
-            cv2.putText(frame, text, (x, y), FONT, layout.scale, HUD_OUTLINE, 1, cv2.LINE_AA)
+            x, y = line_tip(dataclasses.replace(layout, length=layout.length + 3), side, None)
+            tw = cv2.getTextSize(text, FONT, scale, 1)[0][0]
+            cv2.putText(out, text, (x - tw if side < 0 else x, y), FONT, scale, HUD_OUTLINE, 1,
+                        cv2.LINE_AA)
+        thick = max(2, layout.length // 25)
+        if recorded is not None:
+            cv2.line(out, layout.pivot, line_tip(layout, recorded.angle, recorded.throttle),
+                     RECORDED, thick + 2, cv2.LINE_AA)
+        cv2.line(out, layout.pivot, line_tip(layout, predicted.angle, predicted.throttle),
+                 PREDICTED, thick, cv2.LINE_AA)
 
 
-def legend(frame: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]], scale: float
-           ) -> None:
-    """Coloured lines of text on a dark panel at the top left (in place)."""
-    sizes = [cv2.getTextSize(text, FONT, scale, 1) for text, _ in rows]
-    line_h = max(th + base for (_, th), base in sizes) + 3
-    width = max(tw for (tw, _), _ in sizes) + 8
-    cv2.rectangle(frame, (0, 0), (min(width, frame.shape[1] - 1), line_h * len(rows) + 3),
-                  HUD_PANEL, cv2.FILLED)
+def legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]], x: int, top: int,
+           height: int, right: int) -> None:
+    """Coloured lines of text in a panel's rows (in place), shrunk to fit the width."""
+    if not rows:
+        return
+    row_h = height / max(3.4, len(rows) + 0.4)
+    scale = text_scale(row_h)
+    widest = max(cv2.getTextSize(text, FONT, scale, 1)[0][0] for text, _ in rows)
+    if widest > right - x > 0:
+        scale *= (right - x) / widest
     for k, (text, color) in enumerate(rows):
-        cv2.putText(frame, text, (4, line_h * (k + 1) - 2), FONT, scale, color, 1, cv2.LINE_AA)
+        y = top + round(row_h * (k + 1))
+        cv2.putText(out, text, (x, y), FONT, scale, color, 1, cv2.LINE_AA)
+
+
+# --------------------------------------------------------------------------- the strip chart
 
 
 @dataclasses.dataclass(frozen=True)
 class ChartLayout:
-    """The strip chart below a frame: its rows, and where angle 0 and ±1 fall."""
+    """The strip chart below a picture: an angle band above a throttle band."""
 
     top: int      # first row of the chart in the output image
     height: int
     x0: int       # first column of the plot (after the axis labels)
     x1: int       # last column: the newest sample
 
-    def y(self, angle: float) -> int:
-        """The row of an angle: +1 (right) at the top, -1 (left) at the bottom."""
-        half = (self.height - 8) / 2
-        return self.top + round(self.height / 2 - max(-1.0, min(1.0, angle)) * half)
+    def band(self, k: int) -> tuple[int, int]:
+        """(top, height) of band k: 0 the angle, 1 the throttle."""
+        half = self.height // 2
+        return self.top + k * half, half
+
+    def y(self, value: float, k: int = 0) -> int:
+        """The row of a value in band k: +1 (right, full throttle) at the top, -1 at the
+        bottom."""
+        top, height = self.band(k)
+        half = (height - 6) / 2
+        return top + round(height / 2 - max(-1.0, min(1.0, value)) * half)
 
     def x(self, age: float, span: float) -> int:
         """The column of a sample `age` seconds older than the newest (at the right edge)."""
@@ -143,8 +174,10 @@ class ChartLayout:
 
 
 class StripChart:
-    """Recorded and predicted angle over the last seconds (of the source's own clock: a tub's
-    timestamps), in a strip below the frame."""
+    """Recorded and predicted angle and throttle over the last seconds (of the source's own
+    clock: a tub's timestamps), in a strip below the picture."""
+
+    GAP = 4.0  # a gap of more than this many frames breaks the lines (deleted records, a pause)
 
     def __init__(self, seconds: float = 5.0, fps: float = 20.0,
                  height: int | None = None) -> None:
@@ -152,66 +185,70 @@ class StripChart:
             raise CarvisError(f"a strip chart needs seconds > 0 and fps > 0, got {seconds} s "
                               f"at {fps} fps; give e.g. --plot-seconds 5")
         self.seconds, self.fps, self.height = float(seconds), float(fps), height
-        # (time, recorded, predicted), the oldest first; a gap of more than GAP frames breaks
-        # the lines (deleted records, a paused recording).
-        self.samples: collections.deque[tuple[float, float | None, float | None]] = \
-            collections.deque()
+        # (time, recorded angle, predicted angle, recorded throttle, predicted throttle)
+        self.samples: collections.deque[tuple[float, ...]] = collections.deque()
         self._count = 0
 
-    GAP = 4.0
-
-    def layout(self, frame_shape: tuple[int, ...]) -> ChartLayout:
-        """Where the chart goes below a frame of this shape."""
-        h, w = int(frame_shape[0]), int(frame_shape[1])
-        height = self.height or max(48, h // 4)
-        scale = max(0.35, min(h, w) / 640)
-        x0 = cv2.getTextSize("R", FONT, scale, 1)[0][0] + 8
+    def layout(self, picture_shape: tuple[int, ...]) -> ChartLayout:
+        """Where the chart goes below a picture of this shape."""
+        h, w = int(picture_shape[0]), int(picture_shape[1])
+        height = self.height or max(64, min(200, round(w * 0.22)))
+        x0 = cv2.getTextSize("thr", FONT, text_scale(height / 8), 1)[0][0] + 8
         return ChartLayout(h, height, x0, w - 4)
 
-    def __call__(self, frame: np.ndarray, recorded: float | None, predicted: float | None,
-                 seconds: float | None = None) -> np.ndarray:
-        """The frame with the chart below it (a new picture); this frame's angles, at its time
-        in the source (default: frames counted at the chart's fps), join the history."""
+    def __call__(self, picture: np.ndarray, recorded: Steering | None,
+                 predicted: Steering | None, seconds: float | None = None) -> np.ndarray:
+        """The picture with the chart below it (a new picture); this frame's values, at its
+        time in the source (default: frames counted at the chart's fps), join the history."""
         now = seconds if seconds is not None else self._count / self.fps
         self._count += 1
         if self.samples and now < self.samples[-1][0]:
             self.samples.clear()  # the clock went back (a loop, a new session): start over
-        self.samples.append((now, recorded, predicted))
+        self.samples.append((now, *_values(recorded), *_values(predicted)))
         while self.samples[0][0] < now - self.seconds - 1e-9:
             self.samples.popleft()
-        chart = self.layout(frame.shape)
-        out = np.empty((frame.shape[0] + chart.height, frame.shape[1], 3), np.uint8)
-        out[:frame.shape[0]] = frame
-        out[frame.shape[0]:] = HUD_PANEL
+        chart = self.layout(picture.shape)
+        out = np.empty((picture.shape[0] + chart.height, picture.shape[1], 3), np.uint8)
+        out[:picture.shape[0]] = picture
+        out[picture.shape[0]:] = HUD_PANEL
         self._axes(out, chart)
-        for k, color in ((1, RECORDED), (2, PREDICTED)):
-            self._line(out, chart, now, k, color)
+        for k, color, band in ((1, RECORDED, 0), (3, PREDICTED, 0), (2, RECORDED, 1),
+                               (4, PREDICTED, 1)):
+            self._line(out, chart, now, k, band, color)
         return out
 
     def _axes(self, out: np.ndarray, chart: ChartLayout) -> None:
-        scale = max(0.35, min(out.shape[:2]) / 640)
-        for angle in (1.0, 0.0, -1.0):
-            y = chart.y(angle)
-            cv2.line(out, (chart.x0, y), (chart.x1, y), AXIS, 1, cv2.LINE_8)
-        for text, angle in (("R", 1.0), ("L", -1.0)):
-            cv2.putText(out, text, (3, chart.y(angle) + (10 if angle > 0 else -2)), FONT, scale,
-                        HUD_OUTLINE, 1, cv2.LINE_AA)
-        title = f"angle, last {self.seconds:g} s"
+        scale = text_scale(chart.height / 8)
+        for band in (0, 1):
+            for value in (1.0, 0.0, -1.0):
+                y = chart.y(value, band)
+                cv2.line(out, (chart.x0, y), (chart.x1, y), AXIS, 1, cv2.LINE_8)
+        marks = (("R", 1.0, 0), ("L", -1.0, 0), ("thr", 0.0, 1))
+        for text, value, band in marks:
+            y = chart.y(value, band) + (round(10 * scale / 0.35) if value > 0 else -2)
+            cv2.putText(out, text, (3, y), FONT, scale, HUD_OUTLINE, 1, cv2.LINE_AA)
+        title = f"angle and throttle, last {self.seconds:g} s"
         width = cv2.getTextSize(title, FONT, scale, 1)[0][0]
         cv2.putText(out, title, (chart.x1 - width - 2, chart.y(0.0) - 4), FONT, scale,
                     HUD_OUTLINE, 1, cv2.LINE_AA)
 
-    def _line(self, out: np.ndarray, chart: ChartLayout, now: float, k: int,
+    def _line(self, out: np.ndarray, chart: ChartLayout, now: float, k: int, band: int,
               color: tuple[int, int, int]) -> None:
         """One history as polylines, broken where a value is missing or time jumps."""
         run: list[tuple[int, int]] = []
         last: float | None = None
-        for sample in [*self.samples, (now, None, None)]:
+        for sample in [*self.samples, (now, None, None, None, None)]:
             t, value = sample[0], sample[k]
             jump = last is not None and t - last > self.GAP / self.fps
             if (value is None or jump) and run:
                 cv2.polylines(out, [np.array(run, np.int32)], False, color, 1, cv2.LINE_8)
                 run = []
             if value is not None:
-                run.append((chart.x(now - t, self.seconds), chart.y(value)))
+                run.append((chart.x(now - t, self.seconds), chart.y(value, band)))
             last = t
+
+
+def _values(steering: Steering | None) -> tuple[float | None, float | None]:
+    if steering is None:
+        return None, None
+    return steering.angle, steering.throttle

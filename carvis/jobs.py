@@ -56,6 +56,7 @@ class RenderOptions:
     save_maps: Path | None = None  # keep every frame's map in this track
     maps: Path | None = None  # draw from this track instead of the model
     draw: tuple[tuple[str, Any], ...] = ()  # drawing flags given with a track
+    scale: int | None = None  # the picture scaled by this (None: small ones up to 480 rows)
 
 
 @dataclasses.dataclass
@@ -85,19 +86,23 @@ def open_session(options: RenderOptions) -> ModelSession | None:
 
 def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
                       plot: bool = False, plot_seconds: float = 5.0,
-                      hud_on: bool | None = None) -> pipeline.Renderer:
+                      hud_on: bool | None = None, scale: int | None = None
+                      ) -> pipeline.Renderer:
     """The Renderer; on a tub (or with --plot) its HUD shows the recorded steering beside the
     model's unless the HUD is turned off, and --plot charts both."""
     if plot and hud_on is False:
         raise CarvisError("--plot charts the HUD's steering; drop --no-hud")
     chart = hud.StripChart(plot_seconds, source.fps) if plot else None
     tub = hud_on is None and bool(plot or getattr(source, "records", None))
+
+    def make(p: Profile, with_chart: hud.StripChart | None = None) -> pipeline.Renderer:
+        return pipeline.make_renderer(session, p, with_chart, scale=scale, fps=source.fps)
+
     if not tub or plot:
-        return pipeline.make_renderer(session, profile.replace(hud=True) if tub else profile,
-                                      chart)
-    plain = pipeline.make_renderer(session, profile)  # its own refusal comes first, unmixed
+        return make(profile.replace(hud=True) if tub else profile, chart)
+    plain = make(profile)  # its own refusal comes first, unmixed
     try:
-        return pipeline.make_renderer(session, profile.replace(hud=True), chart)
+        return make(profile.replace(hud=True), chart)
     except CarvisError as exc:  # a tub, and a model without a steering output for the HUD
         log.info("note: no steering HUD (%s)", exc)
         return plain
@@ -116,7 +121,8 @@ def _track_renderer(options: RenderOptions, source: Any) -> pipeline.Renderer:
     if options.plot or (options.hud is None and track.has_recorded):
         profile = profile.replace(hud=True)
     maps = TrackMaps(track, profile)
-    return pipeline.Renderer(maps, Composer(profile, chart, times=maps.times))
+    return pipeline.Renderer(maps, Composer(profile, chart, times=maps.times,
+                                            scale=options.scale, fps=source.fps))
 
 
 def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
@@ -144,9 +150,8 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
                                   "range inside it")
             renderer = _track_renderer(options, source) if session is None else \
                 steering_renderer(session, options.profile, source, plot=options.plot,
-                                  plot_seconds=options.plot_seconds, hud_on=options.hud)
-            if job.output.parent != Path(job.output.anchor or "."):
-                job.output.parent.mkdir(parents=True, exist_ok=True)
+                                  plot_seconds=options.plot_seconds, hud_on=options.hud,
+                                  scale=options.scale)
             sink = open_sink(job.output, SinkOptions(source.fps, threads=options.encoder_threads),
                              inputs=[job.source], allowed=("", ".avi", ".mp4", ".mkv"))
             writer = _track_writer(options, renderer, session, source)

@@ -96,9 +96,8 @@ class Renderer:
         result = self.last_map = self.maps.map_of(frame)
         if self.on_map is not None:
             self.on_map(frame, result)
-        recorded = pilot.recorded(frame.record)
         self.log.add(frame.number, frame.record, result.steering)
-        return self.composer(frame.image, result, recorded, frame.time)
+        return self.composer(frame.image, result, frame)
 
     def finish(self) -> None:
         """The end of a stream (a map flat on every frame is said, however few)."""
@@ -108,13 +107,15 @@ class Renderer:
 
 
 def make_renderer(session: ModelSession, profile: Profile,
-                  chart: hud.StripChart | None = None, *, steering: bool = False) -> Renderer:
+                  chart: hud.StripChart | None = None, *, steering: bool = False,
+                  scale: int | None = 1, fps: float = 30.0) -> Renderer:
     """The Renderer of a model for a profile; the model's steering is computed for the HUD,
-    a strip chart, or when asked (a pilot part drives with it)."""
+    a strip chart, or when asked (a pilot part drives with it). scale: the picture's (None:
+    small pictures scaled up to 480 rows); fps: the source's, for the frame times shown."""
     times = StageTimes()
     maps = MapMaker(session, profile, steering=steering or profile.hud or chart is not None,
                     times=times)
-    return Renderer(maps, Composer(profile, chart, times=times))
+    return Renderer(maps, Composer(profile, chart, times=times, scale=scale, fps=fps))
 
 
 _END = object()

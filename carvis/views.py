@@ -1,5 +1,5 @@
 """Pictures other than the overlay: a layer's feature maps as a labelled grid, the first
-layer's filters as images, the model's steering on the frame (HUD), two images side by side.
+layer's filters as images, a bar of bins, two images side by side.
 
 Pure functions on numpy arrays, drawn with OpenCV; no matplotlib.
 """
@@ -21,9 +21,8 @@ BACKGROUND = (32, 32, 32)      # grid background and label strips (BGR)
 TEXT = (235, 235, 235)
 HUD_PANEL = (24, 24, 24)
 HUD_BIN = (200, 160, 60)       # a bin's fill
-HUD_ARGMAX = (0, 220, 255)     # the predicted bin's fill and outline; the needle
+HUD_ARGMAX = (0, 220, 255)     # the predicted bin's fill and outline
 HUD_OUTLINE = (160, 160, 160)
-NEEDLE_MAX_DEGREES = 60.0      # a regression output of ±1 turns the needle this far
 
 
 # --------------------------------------------------------------------------- grids
@@ -165,31 +164,18 @@ def filter_images(kernel: np.ndarray, cell: int = 48, rgb: bool = False,
     return tile_grid(tiles, labels, None, title)
 
 
-# --------------------------------------------------------------------------- steering HUD
+# --------------------------------------------------------------------------- bins
 
 
-@dataclasses.dataclass(frozen=True)
-class BarLayout:
-    """Where the bins bar goes on a frame: a panel and one box per bin, left to right."""
-
-    panel: tuple[int, int, int, int]             # x0, y0, x1, y1 (inclusive)
-    boxes: tuple[tuple[int, int, int, int], ...]  # per bin
-
-
-def bar_layout(frame_shape: Sequence[int], n: int) -> BarLayout:
-    """The bins bar at the bottom centre: boxes of equal width, 8 % of the frame tall."""
-    h, w = int(frame_shape[0]), int(frame_shape[1])
-    box_w = max(6, min(48, (w // 2) // max(n, 1)))
-    box_h = max(12, h // 12)
-    gap = 2
+def bin_boxes(box: tuple[int, int, int, int], n: int, gap: int = 2
+              ) -> tuple[tuple[int, int, int, int], ...]:
+    """n boxes of equal width side by side, centred in box (x0, y0, x1, y1, inclusive)."""
+    x0, y0, x1, y1 = box
+    box_w = max(3, min(48, (x1 - x0 + 1 - (n - 1) * gap) // max(n, 1)))
     total = n * box_w + (n - 1) * gap
-    x0 = (w - total) // 2
-    y1 = h - 1 - max(4, h // 40)
-    y0 = y1 - box_h + 1
-    boxes = tuple((x0 + i * (box_w + gap), y0, x0 + i * (box_w + gap) + box_w - 1, y1)
-                  for i in range(n))
-    panel = (max(0, x0 - 6), max(0, y0 - 6), min(w - 1, x0 + total - 1 + 6), min(h - 1, y1 + 4))
-    return BarLayout(panel, boxes)
+    left = x0 + (x1 - x0 + 1 - total) // 2
+    return tuple((left + i * (box_w + gap), y0, left + i * (box_w + gap) + box_w - 1, y1)
+                 for i in range(n))
 
 
 def bin_fill_rows(value: float, box_h: int) -> int:
@@ -197,71 +183,34 @@ def bin_fill_rows(value: float, box_h: int) -> int:
     return round(min(max(float(value), 0.0), 1.0) * box_h)
 
 
-def draw_bins(frame: np.ndarray, values: np.ndarray, softmax: bool = True) -> np.ndarray:
-    """The bins as a bar on the frame (in place): fill ∝ probability, argmax highlighted."""
+def draw_bins(canvas: np.ndarray, values: np.ndarray, box: tuple[int, int, int, int],
+              softmax: bool = True) -> np.ndarray:
+    """Bins as a bar in box (in place): fill ∝ probability, the argmax highlighted."""
     v = np.asarray(values, np.float64).reshape(-1)
     if not softmax:  # logits: show them as probabilities
         e = np.exp(v - v.max())
         v = e / e.sum()
-    layout = bar_layout(frame.shape, len(v))
     best = int(np.argmax(v))
-    x0, y0, x1, y1 = layout.panel
-    cv2.rectangle(frame, (x0, y0), (x1, y1), HUD_PANEL, cv2.FILLED)
-    for i, (bx0, by0, bx1, by1) in enumerate(layout.boxes):
+    for i, (bx0, by0, bx1, by1) in enumerate(bin_boxes(box, len(v))):
         rows = bin_fill_rows(v[i], by1 - by0 + 1)
         color = HUD_ARGMAX if i == best else HUD_BIN
         if rows > 0:
-            cv2.rectangle(frame, (bx0, by1 - rows + 1), (bx1, by1), color, cv2.FILLED)
-        cv2.rectangle(frame, (bx0, by0), (bx1, by1), HUD_ARGMAX if i == best else HUD_OUTLINE, 1)
-    return frame
-
-
-def needle_geometry(frame_shape: Sequence[int], value: float
-                    ) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """(pivot, tip, length) of the needle: pivot at the bottom centre, straight up for 0,
-    turned by value × 60° (clipped to ±1), negative to the left."""
-    h, w = int(frame_shape[0]), int(frame_shape[1])
-    length = max(10, min(h, w) // 4)
-    pivot = (w // 2, h - 1 - max(4, h // 40))
-    theta = math.radians(max(-1.0, min(1.0, float(value))) * NEEDLE_MAX_DEGREES)
-    tip = (round(pivot[0] + length * math.sin(theta)),
-           round(pivot[1] - length * math.cos(theta)))
-    return pivot, tip, length
-
-
-def draw_needle(frame: np.ndarray, value: float) -> np.ndarray:
-    """A steering needle on the frame (in place) for a regression output."""
-    pivot, tip, length = needle_geometry(frame.shape, value)
-    thickness = max(2, length // 25)
-    cv2.ellipse(frame, pivot, (length, length), 0, 180 + 90 - NEEDLE_MAX_DEGREES,
-                270 + NEEDLE_MAX_DEGREES, HUD_OUTLINE, 1, cv2.LINE_AA)
-    cv2.line(frame, pivot, tip, HUD_ARGMAX, thickness, cv2.LINE_8)
-    cv2.circle(frame, pivot, thickness + 1, HUD_ARGMAX, cv2.FILLED)
-    return frame
-
-
-def draw_hud(frame: np.ndarray, prediction: np.ndarray | None, softmax: bool = True
-             ) -> np.ndarray:
-    """The model's steering on the frame, in place: bins bar, or a needle for one value."""
-    if prediction is None:
-        return frame
-    p = np.asarray(prediction).reshape(-1)
-    if p.size == 1:
-        return draw_needle(frame, float(p[0]))
-    return draw_bins(frame, p, softmax)
+            cv2.rectangle(canvas, (bx0, by1 - rows + 1), (bx1, by1), color, cv2.FILLED)
+        cv2.rectangle(canvas, (bx0, by0), (bx1, by1), HUD_ARGMAX if i == best else HUD_OUTLINE,
+                      1)
+    return canvas
 
 
 # --------------------------------------------------------------------------- side by side
 
 
 class SideBySide:
-    """Two images in one frame, left and right (the right scaled to the left's height);
-    the output buffer is kept between frames of the same sizes."""
+    """Two images in one frame, left and right (the right scaled to the left's height); each
+    call a new picture (one a writer thread may still be reading is never drawn on)."""
 
     def __init__(self, gap: int = 4, labels: Sequence[str] | None = None) -> None:
         self.gap = gap
         self.labels = tuple(labels) if labels else None
-        self._out: np.ndarray | None = None
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         h, wl = left.shape[:2]
@@ -269,10 +218,7 @@ class SideBySide:
         if hr != h:
             wr = max(1, round(wr * h / hr))
             right = cv2.resize(right, (wr, h), interpolation=cv2.INTER_AREA)
-        shape = (h, wl + self.gap + wr, 3)
-        if self._out is None or self._out.shape != shape:
-            self._out = np.zeros(shape, np.uint8)
-        out = self._out
+        out = np.empty((h, wl + self.gap + wr, 3), np.uint8)
         out[:, :wl] = _bgr(left)
         out[:, wl:wl + self.gap] = 0
         out[:, wl + self.gap:] = _bgr(right)

@@ -24,6 +24,7 @@ vehicle = pytest.importorskip(
 dk_keras = pytest.importorskip("donkeycar.parts.keras", reason="DonkeyCar's pilots need TF")
 from donkeycar.utils import linear_unbin, normalize_image
 
+from carvis import hud
 from carvis.donkey import OverlayPart, PilotOverlayPart
 from carvis.synthetic import SyntheticTrack
 
@@ -108,8 +109,11 @@ def test_pilot_part_gives_the_overlay_and_the_pilots_own_values_from_one_invoke(
     assert len(collector.seen) == FRAMES and len(calls) == FRAMES, "one invoke per frame"
     for sent, (image, overlay, angle, throttle) in zip(camera.sent, collector.seen, strict=True):
         np.testing.assert_array_equal(image, sent)  # the camera's frame is not drawn on
-        assert overlay.shape == sent.shape and overlay.dtype == np.uint8
-        assert (overlay != sent).any(), "the overlay and the HUD are on the frame"
+        # the frame with the overlay, and the steering panel below it
+        panel = hud.panel_layout(sent.shape, bins=kind == "categorical")
+        assert overlay.shape == (sent.shape[0] + panel.height, *sent.shape[1:])
+        assert overlay.dtype == np.uint8
+        assert (overlay[:sent.shape[0]] != sent).any(), "the overlay is on the frame"
         want_angle, want_throttle = own_prediction(model, kind, sent)
         assert angle == pytest.approx(want_angle, abs=1e-4)
         assert throttle == pytest.approx(want_throttle, abs=1e-4)

@@ -13,6 +13,7 @@ import seed_reference
 from conftest import REPO, render_image
 
 from carvis import cli, explain, live, pipeline, settings, views
+from carvis import hud as hud_module
 from carvis import profile as prof
 from carvis.backends import litert_available
 from carvis.backends.litert import LiteRTModel
@@ -83,11 +84,11 @@ def test_activation_mode_has_no_explainer_and_the_hud_changes_only_its_panel(
     weights = seed_reference.load_weights(axionaut_model_path)
     x = seed_reference.preprocess(frame).astype(np.float32)
     np.testing.assert_allclose(hud.last_map.prediction, seed_reference.predict(weights, x), atol=1e-5)
-    x0, y0, x1, y1 = views.bar_layout(a.shape, 5).panel
-    outside = np.ones(a.shape[:2], bool)
-    outside[y0:y1 + 1, x0:x1 + 1] = False
-    np.testing.assert_array_equal(a[outside], b[outside])
-    assert (a[~outside] != b[~outside]).any()
+    # The HUD is a panel below the picture: the picture itself is the same pixels.
+    panel = hud_module.panel_layout(a.shape, bins=True)
+    assert b.shape == (a.shape[0] + panel.height, a.shape[1], 3)
+    np.testing.assert_array_equal(b[:a.shape[0]], a)
+    assert (b[a.shape[0]:] != views.HUD_PANEL).any()
 
 
 def test_vbp_mode_overlays_the_vbp_map(tf_session, axionaut_profile, frame):
@@ -192,7 +193,8 @@ def test_cli_render_modes_with_hud_and_compare(tmp_path, race_clip, axionaut_mod
     assert code == 0
     files = sorted(out.glob("*.png"))
     assert len(files) == 3
-    assert cv2.imread(str(files[0])).shape == (480, 3604, 3)
+    panel = hud_module.panel_layout((480, 3604, 3), bins=True)
+    assert cv2.imread(str(files[0])).shape == (480 + panel.height, 3604, 3)
     out = tmp_path / "sal"
     code = cli.main(["render", str(race_clip), "-o", str(out), "--quiet", "--max-frames", "2",
                      "--model", str(axionaut_model_path), "--profile", str(PROFILE),

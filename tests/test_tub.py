@@ -338,32 +338,45 @@ def test_hud_shows_the_records_steering_beside_the_models(tmp_path, clock):
 
     from carvis import hud, pipeline
     from carvis.pilot import Steering
+    from carvis.views import HUD_PANEL, TEXT
 
     write_track_session(tmp_path / "tub", 3)
     session, profile = session_and_profile(tmp_path)
-    renderer = pipeline.make_renderer(session, profile.replace(hud=True))
+    renderer = pipeline.make_renderer(session, profile.replace(hud=True), fps=20.0)
     frame = list(TubSource(tmp_path / "tub"))[2]
     out = renderer.render(frame)
     rec = Steering(frame.record["user/angle"], frame.record["user/throttle"])
-    rows = [(hud.label("recorded", rec), hud.RECORDED),
-            (hud.label("predicted", renderer.last_map.steering), hud.PREDICTED)]
-    assert rows[0][0] == f"recorded {rec.angle:+.2f} thr {rec.throttle:.2f}"
-    expected = np.zeros_like(out)
-    hud.legend(expected, rows, hud.line_layout(out.shape).scale)
-    ys, xs = np.nonzero(expected.any(axis=-1))
-    box = (slice(0, ys.max() + 1), slice(0, xs.max() + 1))
-    np.testing.assert_array_equal(out[box], expected[box])
+    predicted = renderer.last_map.steering
+    rows = [("record 2  0.10 s  mode user", TEXT), (hud.label("recorded", rec), hud.RECORDED),
+            (hud.label("predicted", predicted), hud.PREDICTED)]
+    assert rows[1][0] == f"recorded {rec.angle:+.2f} thr {rec.throttle:.2f}"
+    layout = hud.panel_layout((SIZE[1], SIZE[0], 3), bins=predicted.angle_bins is not None)
+    assert out.shape == (SIZE[1] + layout.height, SIZE[0], 3)
+    expected = np.empty_like(out)
+    expected[:] = HUD_PANEL
+    hud.legend(expected, rows, layout.text_x, layout.top, layout.height, layout.bins[0] - 8)
+    text = (slice(layout.top, None), slice(layout.text_x, layout.bins[0] - 8))
+    np.testing.assert_array_equal(out[text], expected[text])
     assert [(r.frame, r.recorded) for r in renderer.log.rows] == [(2, rec.angle)]
 
 
-def test_plot_adds_the_strip_chart_below_the_frame(tmp_path, clock, capsys):
+def test_plot_adds_the_strip_chart_below_the_frame_scaled_up(tmp_path, clock, capsys):
+    from carvis import hud
     from carvis.hud import StripChart
 
     write_track_session(tmp_path / "tub", 4)
     render_cli(capsys, str(tmp_path / "tub"), "-o", str(tmp_path / "out"), "--plot")
     image = cv2.imread(str(tmp_path / "out" / "000003.png"))
-    chart = StripChart().layout((SIZE[1], SIZE[0], 3))
-    assert image.shape == (SIZE[1] + chart.height, SIZE[0], 3)
+    # 160x120 comes out x4: the HUD and chart drawn at 640 wide, below the picture
+    picture = (SIZE[1] * 4, SIZE[0] * 4, 3)
+    panel = hud.panel_layout(picture, bins=True)
+    chart = StripChart().layout((picture[0] + panel.height, picture[1], 3))
+    assert image.shape == (picture[0] + panel.height + chart.height, picture[1], 3)
+    capsys.readouterr()
+    render_cli(capsys, str(tmp_path / "tub"), "-o", str(tmp_path / "one"), "--plot",
+               "--scale", "1")
+    image = cv2.imread(str(tmp_path / "one" / "000003.png"))
+    assert image.shape[1] == SIZE[0]
 
 
 def test_inspect_takes_a_tub_and_a_frame_number(tmp_path, clock, capsys):

@@ -103,17 +103,14 @@ def test_filters_of_a_one_channel_input_are_gray_tiles():
                                                       cv2.COLORMAP_BONE))
 
 
-# --------------------------------------------------------------------------- HUD
+# --------------------------------------------------------------------------- bins
 
 
-def expected_bins(frame: np.ndarray, values: np.ndarray) -> np.ndarray:
+def expected_bins(canvas: np.ndarray, values: np.ndarray, box) -> np.ndarray:
     """The bar drawn with numpy slices only."""
-    out = frame.copy()
-    layout = views.bar_layout(frame.shape, len(values))
-    x0, y0, x1, y1 = layout.panel
-    out[y0:y1 + 1, x0:x1 + 1] = views.HUD_PANEL
+    out = canvas.copy()
     best = int(np.argmax(values))
-    for i, (bx0, by0, bx1, by1) in enumerate(layout.boxes):
+    for i, (bx0, by0, bx1, by1) in enumerate(views.bin_boxes(box, len(values))):
         rows = round(values[i] * (by1 - by0 + 1))
         if rows:
             out[by1 - rows + 1:by1 + 1, bx0:bx1 + 1] = (views.HUD_ARGMAX if i == best
@@ -126,58 +123,29 @@ def expected_bins(frame: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("shape", [(480, 1800, 3), (120, 160, 3)])
-def test_hud_bins_bar_pixels(shape):
-    frame = np.random.default_rng(2).integers(0, 255, shape, dtype=np.uint8)
+@pytest.mark.parametrize("shape, box", [((150, 1800, 3), (1200, 8, 1794, 142)),
+                                        ((64, 160, 3), (100, 4, 154, 60))])
+def test_bins_bar_pixels(shape, box):
+    canvas = np.random.default_rng(2).integers(0, 255, shape, dtype=np.uint8)
     values = np.array([0.05, 0.1, 0.6, 0.15, 0.1])
-    expected = expected_bins(frame, values)
-    got = views.draw_hud(frame.copy(), values, softmax=True)
-    np.testing.assert_array_equal(got, expected)
+    got = views.draw_bins(canvas.copy(), values, box)
+    np.testing.assert_array_equal(got, expected_bins(canvas, values, box))
 
 
-def test_hud_bins_layout_is_centred_left_to_right():
-    layout = views.bar_layout((480, 1800, 3), 5)
-    xs = [box[0] for box in layout.boxes]
+def test_bins_are_centred_left_to_right_in_their_box():
+    boxes = views.bin_boxes((100, 0, 399, 50), 5)
+    xs = [b[0] for b in boxes]
     assert xs == sorted(xs)
-    left, right = layout.boxes[0][0], 1799 - layout.boxes[-1][2]
-    assert abs(left - right) <= 1
-    assert all(box[3] < 480 for box in layout.boxes)
+    assert abs((boxes[0][0] - 100) - (399 - boxes[-1][2])) <= 1
 
 
-def test_hud_logits_are_shown_as_probabilities():
-    frame = np.zeros((200, 300, 3), np.uint8)
+def test_logits_are_shown_as_probabilities():
+    canvas = np.zeros((80, 300, 3), np.uint8)
     logits = np.array([2.0, 0.0, -1.0])
     p = np.exp(logits) / np.exp(logits).sum()
-    np.testing.assert_array_equal(views.draw_hud(frame.copy(), logits, softmax=False),
-                                  expected_bins(frame, p))
-
-
-def needle_pixels(img: np.ndarray) -> np.ndarray:
-    return np.all(img == np.array(views.HUD_ARGMAX, np.uint8), axis=-1)
-
-
-@pytest.mark.parametrize("value", [-1.0, -0.4, 0.0, 0.5, 2.0])
-def test_hud_needle_points_where_the_model_steers(value):
-    frame = np.zeros((240, 320, 3), np.uint8)
-    img = views.draw_hud(frame.copy(), np.array([value]))
-    pivot, tip, length = views.needle_geometry(frame.shape, value)
-    theta = math.radians(max(-1, min(1, value)) * views.NEEDLE_MAX_DEGREES)
-    assert tip == (round(pivot[0] + length * math.sin(theta)),
-                   round(pivot[1] - length * math.cos(theta)))
-    lit = needle_pixels(img)
-    assert lit[tip[1], tip[0]], "the needle reaches its tip"
-    mid = (round((pivot[0] + tip[0]) / 2), round((pivot[1] + tip[1]) / 2))
-    assert lit[mid[1], mid[0]]
-    mirror = (2 * pivot[0] - tip[0], tip[1])
-    if abs(value) > 0.1:
-        assert not lit[mirror[1], mirror[0]], "nothing on the other side"
-        xs = np.nonzero(lit[: pivot[1] - 10])[1]
-        assert np.sign(xs.mean() - pivot[0]) == np.sign(value)
-
-
-def test_hud_without_prediction_leaves_the_frame():
-    frame = np.full((50, 60, 3), 7, np.uint8)
-    np.testing.assert_array_equal(views.draw_hud(frame.copy(), None), frame)
+    box = (10, 10, 290, 70)
+    np.testing.assert_array_equal(views.draw_bins(canvas.copy(), logits, box, softmax=False),
+                                  expected_bins(canvas, p, box))
 
 
 # --------------------------------------------------------------------------- side by side
@@ -194,7 +162,8 @@ def test_side_by_side_scales_the_right_to_the_left_height():
     assert (out[:, 200:204] == 0).all()
     np.testing.assert_array_equal(out[:, 204:], cv2.resize(right, (160, 120),
                                                            interpolation=cv2.INTER_AREA))
-    assert sbs(left, right) is out, "the buffer is reused for frames of the same size"
+    again = sbs(left, right)
+    assert again is not out and not np.shares_memory(again, out), "a new picture each call"
 
 
 def test_side_by_side_labels_and_gray():
@@ -212,66 +181,78 @@ def colour_mask(img: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     return np.all(img == np.array(colour, np.uint8), axis=-1)
 
 
+def test_the_dashboard_goes_below_the_picture_never_over_it():
+    picture = np.random.default_rng(4).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    out = hud.SteeringHud()(picture, pilot.read(np.array([0.1, 0.2, 0.5, 0.2])),
+                            Steering(0.1, 0.4), "record 7  0.35 s  mode user")
+    layout = hud.panel_layout(picture.shape, bins=True)
+    assert out.shape == (120 + layout.height, 160, 3)
+    np.testing.assert_array_equal(out[:120], picture)
+    assert not np.shares_memory(out, picture), "a new picture"
+    assert hud.SteeringHud()(picture, None) is picture, "nothing to show: the picture as it is"
+
+
 def test_lines_point_where_each_steers_and_throttle_sets_their_length():
-    layout = hud.line_layout((240, 320, 3))
+    picture = np.zeros((240, 320, 3), np.uint8)
+    layout = hud.panel_layout(picture.shape, bins=False)
     px, py = layout.pivot
+    assert layout.top == 240 and layout.top < py < layout.top + layout.height
     assert hud.line_tip(layout, 0.0, None) == (px, py - layout.length)
     assert hud.line_tip(layout, 0.0, 0.0) == (px, py - round(layout.length * hud.MIN_LENGTH))
     x, y = hud.line_tip(layout, -1.0, 1.0)
-    theta = math.radians(-views.NEEDLE_MAX_DEGREES)
+    theta = math.radians(-hud.MAX_DEGREES)
     assert (x, y) == (round(px + layout.length * math.sin(theta)),
                       round(py - layout.length * math.cos(theta)))
-    frame = np.zeros((240, 320, 3), np.uint8)
-    img = hud.SteeringHud()(frame.copy(), Steering(0.6, 0.5), Steering(-0.5, 0.8))
+    img = hud.SteeringHud()(picture, Steering(0.6, 0.5), Steering(-0.5, 0.8))
     for steering, colour in ((Steering(0.6, 0.5), hud.PREDICTED),
                              (Steering(-0.5, 0.8), hud.RECORDED)):
         tx, ty = hud.line_tip(layout, steering.angle, steering.throttle)
         mid = (round((px + tx) / 2), round((py + ty) / 2))
         lit = colour_mask(img, colour)
         assert lit[mid[1], mid[0]], f"{colour} line through its midpoint"
-        xs = np.nonzero(lit[:py - 10, :])[1]
+        xs = np.nonzero(lit[:py - 10, :layout.text_x])[1]
         assert np.sign(xs.mean() - px) == np.sign(steering.angle), "on its own side"
 
 
-def test_legend_labels_both_lines_with_angle_and_throttle():
+def test_legend_names_the_frame_then_both_lines_with_angle_and_throttle():
     assert hud.label("recorded", Steering(-0.4, 0.3)) == "recorded -0.40 thr 0.30"
     assert hud.label("predicted", Steering(0.125)) == "predicted +0.12"
-    frame = np.zeros((240, 320, 3), np.uint8)
-    img = hud.SteeringHud()(frame.copy(), Steering(0.2, 0.5), Steering(-0.4, 0.3))
-    rows = [("recorded -0.40 thr 0.30", hud.RECORDED), ("predicted +0.20 thr 0.50", hud.PREDICTED)]
-    expected = np.zeros_like(frame)
-    hud.legend(expected, rows, hud.line_layout(frame.shape).scale)
-    panel = np.any(expected != 0, axis=-1)
-    ys, xs = np.nonzero(panel)
-    box = (slice(0, ys.max() + 1), slice(0, xs.max() + 1))
-    np.testing.assert_array_equal(img[box], expected[box])
+    picture = np.zeros((240, 320, 3), np.uint8)
+    caption = "record 12  0.60 s  mode user"
+    img = hud.SteeringHud()(picture, Steering(0.2, 0.5), Steering(-0.4, 0.3), caption)
+    layout = hud.panel_layout(picture.shape, bins=False)
+    rows = [(caption, views.TEXT), ("recorded -0.40 thr 0.30", hud.RECORDED),
+            ("predicted +0.20 thr 0.50", hud.PREDICTED)]
+    expected = np.zeros_like(img)
+    expected[:] = views.HUD_PANEL
+    hud.legend(expected, rows, layout.text_x, layout.top, layout.height, layout.bins[0] - 8)
+    text = (slice(layout.top, None), slice(layout.text_x, None))
+    np.testing.assert_array_equal(img[text], expected[text])
 
 
 def test_l_and_r_marks_sit_at_the_ends_of_the_arc():
-    frame = np.zeros((240, 320, 3), np.uint8)
-    img = hud.SteeringHud()(frame.copy(), Steering(0.0, 0.5), Steering(0.0, 0.5))
-    layout = hud.line_layout(frame.shape)
-    grey = colour_mask(img, views.HUD_OUTLINE) | (img.max(axis=-1) > 60) & (
-        img.std(axis=-1) < 5)
+    picture = np.zeros((240, 320, 3), np.uint8)
+    img = hud.SteeringHud()(picture, Steering(0.0, 0.5), Steering(0.0, 0.5))
+    layout = hud.panel_layout(picture.shape, bins=False)
+    grey = (img.max(axis=-1) > 60) & (img.std(axis=-1) < 5)
     for side in (-1.0, 1.0):
-        x, y = hud.line_tip(dataclasses.replace(layout, length=layout.length + 4), side, None)
-        xs = slice(x - 14, x) if side < 0 else slice(x, x + 14)
+        x, y = hud.line_tip(dataclasses.replace(layout, length=layout.length + 3), side, None)
+        xs = slice(max(0, x - 14), x) if side < 0 else slice(x, x + 14)
         assert grey[y - 12:y + 2, xs].sum() > 4, f"a mark at the {'left' if side < 0 else 'right'}"
 
 
-def test_a_lone_steering_value_keeps_the_needle_and_bins_keep_the_bar():
-    frame = np.random.default_rng(5).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(hud.SteeringHud()(frame.copy(), Steering(0.3)),
-                                  views.draw_needle(frame.copy(), 0.3))
+def test_bins_sit_in_the_panel_right_of_the_legend():
+    picture = np.random.default_rng(5).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     bins = np.array([0.1, 0.2, 0.5, 0.2])
-    np.testing.assert_array_equal(hud.SteeringHud()(frame.copy(), pilot.read(bins)),
-                                  views.draw_bins(frame.copy(), bins))
-    with_record = hud.SteeringHud()(frame.copy(), pilot.read(bins), Steering(0.1, 0.4))
-    bar = views.bar_layout(frame.shape, 4).panel
-    np.testing.assert_array_equal(with_record[bar[1]:bar[3] + 1, bar[0]:bar[2] + 1],
-                                  views.draw_bins(frame.copy(), bins)[bar[1]:bar[3] + 1,
-                                                                      bar[0]:bar[2] + 1])
-    assert hud.line_layout(frame.shape, 4).pivot[1] < bar[1], "the lines start above the bar"
+    throttle = np.array([0.6, 0.3, 0.1])
+    img = hud.SteeringHud()(picture, Steering(0.0, 0.1, bins, throttle), Steering(0.1, 0.4))
+    layout = hud.panel_layout(picture.shape, bins=True)
+    x0, y0, x1, y1 = layout.bins
+    assert x0 > layout.text_x and y0 >= layout.top
+    band = (y1 - y0 + 1) // 2
+    expected = views.draw_bins(img.copy(), bins, (x0, y0, x1, y0 + band - 4))
+    expected = views.draw_bins(expected, throttle, (x0, y0 + band, x1, y0 + 2 * band - 4))
+    np.testing.assert_array_equal(img[y0:y1 + 1, x0:x1 + 1], expected[y0:y1 + 1, x0:x1 + 1])
 
 
 def test_strip_chart_plots_the_last_seconds_below_the_frame():
@@ -279,17 +260,20 @@ def test_strip_chart_plots_the_last_seconds_below_the_frame():
     frame = np.full((120, 160, 3), 40, np.uint8)
     predicted = [math.sin(k / 4) for k in range(30)]
     recorded = [None if 22 <= k < 26 else 0.5 for k in range(30)]
-    pictures = [chart(frame, r, p) for r, p in zip(recorded, predicted, strict=True)]
+    pictures = [chart(frame, None if r is None else Steering(r, 0.4), Steering(p, -0.2))
+                for r, p in zip(recorded, predicted, strict=True)]
     out = pictures[-1]
     assert out.shape == (180, 160, 3)
     np.testing.assert_array_equal(out[:120], frame)
     layout = chart.layout(frame.shape)
     assert layout.y(1.0) < layout.y(0.0) < layout.y(-1.0), "right (+1) at the top"
     # Counted at 10 fps the newest sample (29) is 2.9 s: the last 2 s are samples 9..29.
-    assert [round(t * 10) for t, _, _ in chart.samples] == list(range(9, 30))
+    assert [round(sample[0] * 10) for sample in chart.samples] == list(range(9, 30))
     blue = colour_mask(out, hud.PREDICTED)
     for k in range(9, 30):
         assert blue[layout.y(predicted[k]), layout.x((29 - k) / 10, 2.0)], f"sample {k}"
+        assert blue[layout.y(-0.2, 1), layout.x((29 - k) / 10, 2.0)], f"throttle {k}"
+    assert layout.y(-1.0, 0) < layout.y(1.0, 1), "the throttle band is below the angle band"
     assert layout.x(0.0, 2.0) == layout.x1 and layout.x(2.0, 2.0) == layout.x0
     green = colour_mask(out, hud.RECORDED)
     y = layout.y(0.5)
@@ -308,11 +292,11 @@ def test_strip_chart_keeps_seconds_of_the_sources_own_clock():
     # second of timestamps, not 20 samples, and the pause breaks the lines.
     times = [k / 20 for k in range(30)] + [4.5 + k / 20 for k in range(10)]
     for t in times:
-        out = chart(frame, 0.5, -0.5, t)
-    assert [t for t, _, _ in chart.samples] == times[30:]
+        out = chart(frame, Steering(0.5, 0.3), Steering(-0.5, 0.3), t)
+    assert [sample[0] for sample in chart.samples] == times[30:]
     chart = hud.StripChart(seconds=5.0, fps=20.0, height=60)
     for t in times:
-        out = chart(frame, 0.5, -0.5, t)
+        out = chart(frame, Steering(0.5, 0.3), Steering(-0.5, 0.3), t)
     layout = chart.layout(frame.shape)
     green = colour_mask(out, hud.RECORDED)
     y = layout.y(0.5)

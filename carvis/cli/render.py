@@ -31,6 +31,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--end", help="stop before this frame: an index or a time (12.5s)")
     r.add_argument("--plot", action="store_true", help="a strip chart of the recorded and "
                    "predicted angle below the frame (turns the HUD on)")
+    r.add_argument("--scale", type=int, metavar="N", help="scale the picture by N before the "
+                   "HUD and labels are drawn (makemovie's --scale; default: small frames up to "
+                   "at least 480 rows, e.g. x4 for DonkeyCar's 160x120; 1 keeps the size)")
     r.add_argument("--plot-seconds", type=float, default=5.0, metavar="S",
                    help="how many seconds the strip chart shows (default 5)")
     r.add_argument("--save-maps", metavar="TRACK", help="also keep every frame's raw map and "
@@ -69,7 +72,16 @@ def _options(args: argparse.Namespace) -> Any:
                               args.start, args.end, args.max_frames, args.plot,
                               args.plot_seconds, args.hud,
                               save_maps=Path(args.save_maps) if args.save_maps else None,
-                              maps=Path(args.maps) if args.maps else None, draw=draw)
+                              maps=Path(args.maps) if args.maps else None, draw=draw,
+                              scale=_scale(args.scale))
+
+
+def _scale(value: int | None) -> int | None:
+    """--scale N, checked: 1..8 (None: the default, small frames up to 480 rows)."""
+    if value is not None and not 1 <= value <= 8:
+        raise CarvisError(f"--scale {value} is not valid; give a whole number 1..8 (1 keeps "
+                          "the frame's size)")
+    return value
 
 
 def _render_one(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from carvis import handoff, pilot
+from carvis import handoff
 from carvis.errors import CarvisError
 from carvis.frame import Frame
 from carvis.live import metrics, stats
@@ -152,8 +152,7 @@ class LiveRunner:
         if latest is not None and latest is not self._counted:
             self._counted = latest
             self.hists["map"].observe(latest.compute_s)
-        image = self.renderer.composer(frame.image, latest.result if latest else None,
-                                       pilot.recorded(frame.record))
+        image = self.renderer.composer(frame.image, latest.result if latest else None, frame)
         self.map_age = (self._seq - latest.seq, frame.timestamp - latest.timestamp) \
             if latest else None
         return Frame(image, frame.index, frame.timestamp, frame.name)

@@ -28,6 +28,7 @@ from carvis import settings, sources, views
 from carvis.backends.cache import cache_dir, file_sha256
 from carvis.composer import Composer
 from carvis.errors import CarvisError
+from carvis.frame import Frame
 from carvis.maps import MapMaker
 from carvis.review import stats
 from carvis.review.frames import CacheWriter, FrameCache
@@ -203,8 +204,10 @@ class Review:
         with self.lock:  # the composers' buffers and settings: one request draws at a time
             for k in chosen:
                 maps, row = self.maps[k], self.maps[k].track.row(n)
-                pictures.append(self.composers[k](image.copy() if len(chosen) > 1 else image,
-                                                  maps.at(row), maps.track.recorded(row)))
+                shown = Frame(image.copy() if len(chosen) > 1 else image, n, 0.0,
+                              record=maps.track.record(row),
+                              time=float(maps.track.time[row]))
+                pictures.append(self.composers[k](shown.image, maps.at(row), shown))
         out = pictures[0] if len(pictures) == 1 else views.side_by_side(
             pictures[0], pictures[1], labels=self.labels)
         self.requests.append(time.perf_counter() - t0)

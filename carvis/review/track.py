@@ -226,12 +226,13 @@ class Track:
         """A row's raw map as float32."""
         return self.maps[row].astype(np.float32)
 
-    def recorded(self, row: int) -> pilot.Steering | None:
-        """The steering a tub recorded for a row, or None."""
+    def record(self, row: int) -> dict[str, Any] | None:
+        """What a tub recorded for a row, as a record (None for another source)."""
         angle, throttle = float(self.recorded_angle[row]), float(self.recorded_throttle[row])
         if not np.isfinite(angle):
             return None
-        return pilot.Steering(angle, throttle if np.isfinite(throttle) else None)
+        return {pilot.RECORDED_ANGLE: angle,
+                pilot.RECORDED_THROTTLE: throttle if np.isfinite(throttle) else None}
 
     def steering(self, row: int) -> pilot.Steering | None:
         """A row's prediction as Steering, as the model render's HUD has it."""
