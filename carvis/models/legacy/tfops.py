@@ -126,3 +126,14 @@ def _broadcast(shapes: list[tuple[int | None, ...]]) -> tuple[int | None, ...]:
         known = [d for d in dims if d is not None and d != 1]
         out.append(known[0] if known else (None if None in dims else 1))
     return tuple(out)
+
+
+def shape_of(spec: Spec, call: int, shapes: list[tuple[int | None, ...]]
+             ) -> tuple[int | None, ...] | None:
+    """The output shape of one call of a TFOpLambda from its inputs' (None: not known)."""
+    op = OPS.get(str(spec.config.get("function", "")))
+    if op is None or call >= len(spec.calls) or not shapes:
+        return None
+    args, kwargs = spec.calls[call]
+    bound = {op.params[0]: args, **{k: v for k, v in kwargs.items() if k != "name"}}
+    return output_shape(op, bound, shapes)
