@@ -131,10 +131,14 @@ def _frame(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _write_tub(path: Path, cfg: Any) -> None:
     """The tub, by DonkeyCar's own Tub, with complete.py's keys for behaviours and an IMU."""
-    from donkeycar.parts.tub_v2 import Tub
+    import types
 
+    from donkeycar.parts import tub_v2
+
+    clock = iter(1_700_000_000.0 + 0.05 * n for n in range(10 * RECORDS))
+    tub_v2.time = types.SimpleNamespace(time=lambda: next(clock))  # DonkeyCar's 20 Hz loop
     rng = np.random.default_rng(SEED)
-    tub = Tub(str(path), inputs=TUB_INPUTS, types=TUB_TYPES)
+    tub = tub_v2.Tub(str(path), inputs=TUB_INPUTS, types=TUB_TYPES)
     for n in range(RECORDS):
         state = n % 2
         record = {"cam/image_array": _frame(n, rng), "user/angle": round(0.8 * np.sin(n), 3),
@@ -251,7 +255,8 @@ def _main(out: Path) -> None:
     import tf_keras
     out.mkdir(parents=True, exist_ok=True)
     (out / "car").mkdir(exist_ok=True)
-    shutil.copyfile(Path(dk.__file__).parent / "templates" / "cfg_complete.py", out / "car" / "config.py")
+    template = Path(dk.__file__).parent / "templates" / "cfg_complete.py"
+    shutil.copyfile(template, out / "car" / "config.py")
     cfg = dk.load_config(str(out / "car" / "config.py"))
     tf_keras.utils.set_random_seed(SEED)
     rng = np.random.default_rng(SEED)
