@@ -15,8 +15,8 @@ BACKENDS = ("auto", "tensorflow", "litert")
 RUNTIMES = (("ai_edge_litert.interpreter", "ai-edge-litert"),
             ("tflite_runtime.interpreter", "tflite-runtime"),
             ("tensorflow", "tensorflow"))
-LITERT_HELP = ("install a LiteRT runtime: pip install ai-edge-litert (or tflite-runtime, as "
-               "on a DonkeyCar Pi; TensorFlow's tf.lite works too)")
+LITERT_HELP = ("install one: pip install ai-edge-litert (or tflite-runtime, as on a DonkeyCar "
+               "Pi; TensorFlow's tf.lite works too)")
 
 
 class Backend(Protocol):

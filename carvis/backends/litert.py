@@ -226,6 +226,9 @@ def _graph_size(data: bytes) -> tuple[int, int]:
 
 def describe(path: str | Path) -> str:
     """What `carvis layers` shows for a .tflite: its layers, shapes, what the modes can use."""
+    if not _has_schema():
+        raise CarvisError(f"{Path(path).name}: reading a .tflite's layers needs the TFLite schema, "
+                          "which tflite-runtime does not ship; pip install ai-edge-litert")
     model = load(path)
     name, meta = Path(path).name, model.meta
     if meta is None or not meta.layer_types:
