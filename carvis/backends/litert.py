@@ -203,8 +203,8 @@ def load(path: str | Path, num_threads: int = 1, preserve_all_tensors: bool = Fa
             if not preserve_all_tensors:
                 data = flatgraph.with_outputs(data, tensors)
         else:
-            log.info("%s: %d input(s) in %d subgraph(s); its layers are not read, only its "
-                     "outputs", name, inputs, subgraphs)
+            log.debug("%s: %d input(s) in %d subgraph(s); its layers are not read, only its "
+                      "outputs", name, inputs, subgraphs)
     return LiteRTModel(data, name, num_threads, meta=meta,
                        preserve_all_tensors=preserve_all_tensors)
 
@@ -253,13 +253,14 @@ def describe(path: str | Path) -> str:
 
 
 def _describe_one(name: str, model: LiteRTModel) -> str:
-    """A one-layer carvis file, or a plain file's outputs."""
+    """A one-layer carvis file, or the inputs and outputs of a file whose layers carvis does
+    not read (several inputs or subgraphs: DonkeyCar's memory, imu, behavior, rnn pilots)."""
     meta = model.meta
     if meta is None:
-        what = "its output is the layer" if len(model.output_names) == 1 else \
-            "its outputs are the layers"
-        lines = [f"{name}: a .tflite without carvis metadata; {what} carvis shows",
-                 f"  input   {shape_text(model.input_shape)}"]
+        lines = [(f"{name}: a car's own model whose layers carvis does not read yet (several "
+                  "inputs or subgraphs); it runs for its outputs")]
+        lines += [f"  input   {n!r} {shape_text(model.input_shapes[n])}"
+                  for n in model.input_names]
         lines += [f"  output  {out!r} {shape_text(model.output_shapes[out])}"
                   for out in model.output_names]
         return "\n".join(lines)
