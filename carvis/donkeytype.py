@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from carvis import pilot
+from carvis.backends.tflite import schema
 from carvis.errors import CarvisError
 from carvis.models import files, layer_table_from_file
 from carvis.models.legacy.context import Context
@@ -376,6 +377,27 @@ def signature_of_keras(model: Any) -> tuple[list[Tensor], list[Tensor]]:
     ins = [(str(t.name), tuple(t.shape[1:])) for t in model.inputs]
     names = list(getattr(model, "output_names", None) or [t.name for t in model.outputs])
     return ins, [(str(n), tuple(t.shape[1:])) for n, t in zip(names, model.outputs, strict=True)]
+
+
+def signature_of_tflite(data: bytes) -> tuple[list[Tensor], list[Tensor]]:
+    """(inputs, outputs) of a .tflite read from the flatbuffer (its signature's names), without
+    an interpreter: also for files a runtime cannot load (DonkeyCar's rnn and 3d)."""
+    model = schema().Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+
+    def tensor(index: int, name: str | None = None) -> Tensor:
+        t = graph.Tensors(index)
+        shape = tuple(int(d) for d in t.ShapeAsNumpy()[1:])
+        return (name or t.Name().decode()), shape
+
+    if model.SignatureDefsLength() == 1:
+        sig = model.SignatureDefs(0)
+        return ([tensor(sig.Inputs(k).TensorIndex(), sig.Inputs(k).Name().decode())
+                 for k in range(sig.InputsLength())],
+                [tensor(sig.Outputs(k).TensorIndex(), sig.Outputs(k).Name().decode())
+                 for k in range(sig.OutputsLength())])
+    return ([tensor(int(i)) for i in graph.InputsAsNumpy()],
+            [tensor(int(i)) for i in graph.OutputsAsNumpy()])
 
 
 def signature_of_litert(model: Any) -> tuple[list[Tensor], list[Tensor]]:

@@ -144,7 +144,7 @@ EXPECTED = {  # DonkeyCar's builders: extra inputs, head meanings
 }
 
 
-@pytest.mark.parametrize("source", ["h5", "keras", "tflite"])
+@pytest.mark.parametrize("source", ["h5", "keras", "tflite", "litert"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_type_is_read_from_the_models_inputs_and_outputs(pilots, kind, source):
     if source == "h5":
@@ -154,6 +154,9 @@ def test_the_type_is_read_from_the_models_inputs_and_outputs(pilots, kind, sourc
             warnings.simplefilter("ignore", UserWarning)
             model = models.load_model(pilots.model(kind, "h5"))
         inputs, outputs = donkeytype.signature_of_keras(model)
+    elif source == "tflite":  # the flatbuffer's own signature: no interpreter needed
+        inputs, outputs = donkeytype.signature_of_tflite(
+            read_tflite(pilots.model(kind, "tflite")))
     else:
         if kind in FLEX:
             pytest.skip("LiteRT does not load DonkeyCar's rnn/3d .tflite (TensorFlow ops)")
