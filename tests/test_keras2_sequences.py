@@ -14,7 +14,8 @@ import pytest
 from carvis import models
 from carvis.errors import CarvisError
 
-tf_keras = pytest.importorskip("tf_keras", reason="tf-keras (the real Keras 2) is in the test extra")
+tf_keras = pytest.importorskip("tf_keras",
+                               reason="tf-keras (the real Keras 2) is in the test extra")
 
 
 def _randomize(model, rng: np.random.Generator) -> None:
