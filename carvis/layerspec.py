@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 from carvis.errors import CarvisError
 
-#: Layer classes that count for conv:N (Keras class names; Keras 1's name too).
+#: Layer classes that count for conv:N (Keras class names; Keras 1's name too). A layer
+#: wrapped in TimeDistributed counts as what it wraps ("TimeDistributed(Conv2D)"): DonkeyCar's
+#: rnn pilot convolves each frame so; its 3d pilot's Conv3D counts too.
 CONV_TYPES = frozenset({"Conv2D", "Convolution2D", "SeparableConv2D", "DepthwiseConv2D",
-                        "Conv2DTranspose"})
+                        "Conv2DTranspose", "Conv3D"})
 
 #: TFLite ops that count for conv:N in a .tflite read from its ops (a car's own file).
 CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
@@ -36,6 +38,9 @@ class Row(Protocol):
 
 def is_conv_type(class_name: str) -> bool:
     """True for a layer class (or a .tflite row's ops, 'CONV_2D+ELU') that conv:N counts."""
+    wrapped = re.fullmatch(r"TimeDistributed\((\w+)\)", class_name)
+    if wrapped:
+        class_name = wrapped.group(1)
     return class_name in CONV_TYPES or class_name.split("+")[0] in CONV_OPS
 
 

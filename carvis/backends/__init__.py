@@ -11,7 +11,12 @@ from typing import Protocol
 import numpy as np
 
 BACKENDS = ("auto", "tensorflow", "litert")
-LITERT_HELP = "install it with: pip install ai-edge-litert"
+#: LiteRT's Interpreter, from the first of these installed: (module, pip name).
+RUNTIMES = (("ai_edge_litert.interpreter", "ai-edge-litert"),
+            ("tflite_runtime.interpreter", "tflite-runtime"),
+            ("tensorflow", "tensorflow"))
+LITERT_HELP = ("install one: pip install ai-edge-litert (or tflite-runtime, as on a DonkeyCar "
+               "Pi; TensorFlow's tf.lite works too)")
 
 
 class Backend(Protocol):
@@ -33,9 +38,18 @@ def installed(module: str) -> bool:
         return False
 
 
+def litert_runtime() -> str | None:
+    """The pip name of the LiteRT runtime carvis would use (None if there is none), found
+    without importing it: ai-edge-litert, else tflite-runtime, else tensorflow (tf.lite)."""
+    for module, package in RUNTIMES:
+        if installed(module.split(".")[0]):
+            return package
+    return None
+
+
 def litert_available() -> bool:
-    """True if ai-edge-litert is installed."""
-    return installed("ai_edge_litert")
+    """True if a LiteRT runtime is installed (ai-edge-litert, tflite-runtime or TensorFlow)."""
+    return litert_runtime() is not None
 
 
 def tensorflow_available() -> bool:

@@ -1,14 +1,21 @@
-"""The LiteRT backend: the one interpreter wrapper carvis has, for 1..N named outputs.
+"""The LiteRT backend: the one interpreter wrapper carvis has, for 1..N named inputs and outputs.
 
 A .tflite runs here without TensorFlow: carvis' own exports (one layer, or every output a
 mode needs, named after the layers by the file's signature) and a car's own file (input →
 steering), whose layers :mod:`carvis.backends.flatgraph` reads from its ops and adds as
-outputs. int8/uint8 tensors are (de)quantized at the boundary, so callers always see float32.
+outputs. The interpreter is LiteRT's, from the first runtime installed of ai-edge-litert,
+tflite-runtime (DonkeyCar's Pi runtime) and TensorFlow's tf.lite (DonkeyCar's ``pc`` env):
+one Interpreter API. A file with several inputs (DonkeyCar's memory, imu and behavior pilots)
+takes them by name. int8/uint8 tensors are (de)quantized at the boundary, so callers always
+see float32.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,16 +23,34 @@ from typing import Any
 import numpy as np
 
 from carvis import models
-from carvis.backends import LITERT_HELP, flatgraph
-from carvis.backends.tflite import LayerMeta, read_meta, read_tflite, shape_text
+from carvis.backends import LITERT_HELP, RUNTIMES, flatgraph
+from carvis.backends.tflite import LayerMeta, read_meta, read_tflite, schema, shape_text
 from carvis.errors import CarvisError
-from carvis.tfquiet import held_stderr
+from carvis.tfquiet import held_stderr, import_tensorflow
 
 log = logging.getLogger("carvis")
 
+_FLEX = re.compile(r"Flex\w+")
+
+
+def interpreter_class() -> tuple[Any, str]:
+    """LiteRT's Interpreter class and the pip name of the runtime it comes from: the first of
+    ai-edge-litert, tflite-runtime, tensorflow (tf.lite) that imports; else one line."""
+    for module, package in RUNTIMES:
+        try:
+            if module == "tensorflow":
+                import_tensorflow()  # its start-up lines held back
+                import tensorflow as tf
+
+                return tf.lite.Interpreter, package
+            return importlib.import_module(module).Interpreter, package
+        except (ImportError, AttributeError):
+            continue
+    raise CarvisError(f"running a .tflite needs a LiteRT runtime; {LITERT_HELP}")
+
 
 class LiteRTModel:
-    """A .tflite on LiteRT: one (1, H, W, C) input → {output name: float32 array}."""
+    """A .tflite on LiteRT: its named inputs (batch 1) → {output name: float32 array}."""
 
     backend = "litert"
 
@@ -33,71 +58,91 @@ class LiteRTModel:
                  rename: Mapping[str, str] | None = None, meta: LayerMeta | None = None,
                  preserve_all_tensors: bool = False) -> None:
         try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise CarvisError(f"{source}: the LiteRT backend needs ai-edge-litert; "
-                              f"{LITERT_HELP}") from None
+            Interpreter, self.runtime = interpreter_class()
+        except CarvisError as exc:
+            raise CarvisError(f"{source}: {exc}") from None
         self.source = source
         self._flatbuffer = flatbuffer  # the interpreter reads from this buffer: keep it alive
         lines: list[str] = []
         try:
-            # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" and the like on fd 2
-            with held_stderr() as lines:
+            # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" and the like on
+            # fd 2; tf.lite warns that it is deprecated in favour of LiteRT
+            with held_stderr() as lines, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self.interpreter = Interpreter(
                     model_content=flatbuffer, num_threads=num_threads,
                     experimental_preserve_all_tensors=preserve_all_tensors)
-                outputs = self._prepare()
+                inputs, outputs = self._prepare()
         except (ValueError, RuntimeError) as exc:
-            raise CarvisError(f"{source}: LiteRT cannot load this model "
-                              f"({str(exc).strip().splitlines()[0][:160]})") from None
+            raise self._failure(exc, "load") from None
         finally:
             for line in lines:
                 if not line.startswith("INFO: "):
                     log.warning("%s", line)
-        self.meta: LayerMeta | None = meta or read_meta(flatbuffer)
-        inp = self.interpreter.get_input_details()[0]
-        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
-        self._in = (inp["index"], _quant(inp), inp["dtype"])
+        self.meta: LayerMeta | None = meta or (read_meta(flatbuffer) if _has_schema() else None)
+        self._ins = {name: (d["index"], _quant(d), d["dtype"]) for name, d in inputs}
+        self.input_names = tuple(self._ins)
+        self._in = self._ins[self.input_names[0]]  # the first input's (index, quant, dtype)
+        self.input_shapes = {name: tuple(int(x) for x in d["shape"][1:]) for name, d in inputs}
+        # the camera image: the only input, else the first with rows, columns (and channels)
+        image = next((n for n in self.input_names if len(self.input_shapes[n]) >= 3),
+                     self.input_names[0])
+        self.input_shape = self.input_shapes[image]
         rename = dict(rename or {})
         self._out = {rename.get(name, name): (d["index"], _quant(d)) for name, d in outputs}
         self.output_names = tuple(self._out)
         self.output_shapes = {rename.get(name, name): tuple(int(x) for x in d["shape"][1:])
                               for name, d in outputs}
-        for kind, d in (("input", inp), *(("output", d) for _, d in outputs)):
+        for kind, d in (*(("input", d) for _, d in inputs), *(("output", d) for _, d in outputs)):
             if _quant(d) is None and d["dtype"] != np.float32:
                 raise CarvisError(f"{source}: {kind} type {np.dtype(d['dtype']).name} is not "
                                   "supported (float32, or int8/uint8 with quantization)")
 
-    def _prepare(self) -> list[tuple[str, dict]]:
-        """Check for one (1, H, W, C) input, allocate with a batch of 1; the named outputs."""
+    def _prepare(self) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+        """Every input given a batch of 1, the tensors allocated; the named inputs, outputs."""
         interpreter = self.interpreter
         inputs = interpreter.get_input_details()
-        if len(inputs) != 1:
-            raise CarvisError(f"{self.source}: has {len(inputs)} inputs; carvis needs one "
-                              "(the camera image)")
-        shape = [int(d) for d in inputs[0]["shape_signature"]]
-        if len(shape) != 4:
-            raise CarvisError(f"{self.source}: input shape {tuple(shape)} is not (1, H, W, C)")
-        if shape[0] != 1:
-            interpreter.resize_tensor_input(inputs[0]["index"], [1] + shape[1:], strict=False)
+        if not inputs:
+            raise CarvisError(f"{self.source}: has no input; carvis needs the camera image")
+        for d in inputs:
+            shape = [int(x) for x in d["shape_signature"]]
+            if len(shape) < 2:
+                raise CarvisError(f"{self.source}: input {d['name']!r} has shape {tuple(shape)}, "
+                                  "without a batch axis")
+            if shape[0] != 1:
+                interpreter.resize_tensor_input(d["index"], [1] + shape[1:], strict=False)
         interpreter.allocate_tensors()
+        named_in, named_out = _signature(interpreter)
+        by_index = {d["index"]: d for d in interpreter.get_input_details()}
+        if named_in and set(named_in.values()) == set(by_index):
+            ins = [(name, by_index[index]) for name, index in named_in.items()]
+        else:
+            ins = [(str(d["name"]), d) for d in by_index.values()]
         by_index = {d["index"]: d for d in interpreter.get_output_details()}
-        named = _signature_outputs(interpreter)
-        if named and set(named.values()) == set(by_index):
-            return [(name, by_index[index]) for name, index in named.items()]
-        return [(str(d["name"]), d) for d in by_index.values()]
+        if named_out and set(named_out.values()) == set(by_index):
+            return ins, [(name, by_index[index]) for name, index in named_out.items()]
+        return ins, [(str(d["name"]), d) for d in by_index.values()]
 
-    def __call__(self, batch: np.ndarray, names: tuple[str, ...] | None = None
-                 ) -> dict[str, np.ndarray]:
-        """Every output (or the named ones) for one input batch (1, H, W, C), float32, batch
-        axis kept."""
-        index, quant, dtype = self._in
-        if quant is not None:
-            scale, zero = quant
-            info = np.iinfo(dtype)
-            batch = np.clip(np.rint(batch / scale + zero), info.min, info.max).astype(dtype)
-        self.interpreter.set_tensor(index, np.ascontiguousarray(batch))
-        self.interpreter.invoke()
+    def __call__(self, batch: np.ndarray | Mapping[str, np.ndarray],
+                 names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Every output (or the named ones) for one input batch (1, ...) or, for a file with
+        several inputs, {input name: batch}; float32, batch axis kept."""
+        if not isinstance(batch, Mapping):
+            if len(self._ins) != 1:
+                raise CarvisError(f"{self.source}: has {len(self._ins)} inputs "
+                                  f"({', '.join(self.input_names)}); give each by name")
+            batch = {self.input_names[0]: batch}
+        for name, value in batch.items():
+            index, quant, dtype = self._ins[name]
+            if quant is not None:
+                scale, zero = quant
+                info = np.iinfo(dtype)
+                value = np.clip(np.rint(value / scale + zero), info.min, info.max).astype(dtype)
+            self.interpreter.set_tensor(index, np.ascontiguousarray(value, dtype))
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as exc:  # e.g. TensorFlow ops the runtime lacks, met in a loop body
+            raise self._failure(exc, "run") from None
         out = {}
         for name in self.output_names if names is None else names:
             tensor, q = self._out[name]
@@ -106,6 +151,20 @@ class LiteRTModel:
                 value = (value.astype(np.float32) - q[1]) * np.float32(q[0])
             out[name] = value
         return out
+
+    def _failure(self, exc: BaseException, verb: str) -> CarvisError:
+        """The one line for a file this runtime cannot load or run."""
+        text = str(exc).strip()
+        flex = sorted(set(_FLEX.findall(text)))
+        if flex or "Select TensorFlow op" in text:
+            return CarvisError(
+                f"{self.source}: uses TensorFlow ops that {self.runtime} cannot {verb} "
+                f"({', '.join(flex) or 'Select TF ops'}; DonkeyCar's rnn and 3d .tflite have "
+                "them); give the .h5 (--backend tensorflow), or use TensorFlow <= 2.15, whose "
+                "tf.lite runs them")
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
+        return CarvisError(f"{self.source}: LiteRT ({self.runtime}) cannot {verb} this model "
+                           f"({first})")
 
 
 class LayerBackend:
@@ -128,19 +187,48 @@ class LayerBackend:
 
 def load(path: str | Path, num_threads: int = 1, preserve_all_tensors: bool = False
          ) -> LiteRTModel:
-    """A .tflite file on LiteRT; a car's own file with its layers added as outputs."""
+    """A .tflite file on LiteRT; a car's own file with its layers added as outputs (files
+    with several inputs or subgraphs run as they are: their outputs, no layers yet)."""
     data, name = read_tflite(path), Path(path).name
+    interpreter_class()  # the runtime first: TensorFlow's is imported quietly, schema and all
+    if not _has_schema():
+        log.warning("%s: runs for its outputs only: reading its layers needs the TFLite schema "
+                    "(tflite-runtime has none); pip install ai-edge-litert", name)
+        return LiteRTModel(data, name, num_threads, preserve_all_tensors=preserve_all_tensors)
     meta = read_meta(data)
     if meta is None:
-        meta, tensors = flatgraph.describe(data, name)
-        if not preserve_all_tensors:
-            data = flatgraph.with_outputs(data, tensors)
+        subgraphs, inputs = _graph_size(data)
+        if subgraphs == 1 and inputs == 1:
+            meta, tensors = flatgraph.describe(data, name)
+            if not preserve_all_tensors:
+                data = flatgraph.with_outputs(data, tensors)
+        else:
+            log.debug("%s: %d input(s) in %d subgraph(s); its layers are not read, only its "
+                      "outputs", name, inputs, subgraphs)
     return LiteRTModel(data, name, num_threads, meta=meta,
                        preserve_all_tensors=preserve_all_tensors)
 
 
+def _has_schema() -> bool:
+    """True if the TFLite schema carvis reads files with is there (tflite-runtime has none)."""
+    try:
+        schema()
+    except CarvisError:
+        return False
+    return True
+
+
+def _graph_size(data: bytes) -> tuple[int, int]:
+    """(subgraphs, inputs of the first) of a .tflite flatbuffer."""
+    model = schema().Model.GetRootAs(data, 0)
+    return model.SubgraphsLength(), model.Subgraphs(0).InputsLength()
+
+
 def describe(path: str | Path) -> str:
     """What `carvis layers` shows for a .tflite: its layers, shapes, what the modes can use."""
+    if not _has_schema():
+        raise CarvisError(f"{Path(path).name}: reading a .tflite's layers needs the TFLite schema, "
+                          "which tflite-runtime does not ship; pip install ai-edge-litert")
     model = load(path)
     name, meta = Path(path).name, model.meta
     if meta is None or not meta.layer_types:
@@ -165,13 +253,14 @@ def describe(path: str | Path) -> str:
 
 
 def _describe_one(name: str, model: LiteRTModel) -> str:
-    """A one-layer carvis file, or a plain file's outputs."""
+    """A one-layer carvis file, or the inputs and outputs of a file whose layers carvis does
+    not read (several inputs or subgraphs: DonkeyCar's memory, imu, behavior, rnn pilots)."""
     meta = model.meta
     if meta is None:
-        what = "its output is the layer" if len(model.output_names) == 1 else \
-            "its outputs are the layers"
-        lines = [f"{name}: a .tflite without carvis metadata; {what} carvis shows",
-                 f"  input   {shape_text(model.input_shape)}"]
+        lines = [(f"{name}: a car's own model whose layers carvis does not read yet (several "
+                  "inputs or subgraphs); it runs for its outputs")]
+        lines += [f"  input   {n!r} {shape_text(model.input_shapes[n])}"
+                  for n in model.input_names]
         lines += [f"  output  {out!r} {shape_text(model.output_shapes[out])}"
                   for out in model.output_names]
         return "\n".join(lines)
@@ -197,15 +286,16 @@ def _quant(details: dict) -> tuple[float, int] | None:
     return None
 
 
-def _signature_outputs(interpreter: Any) -> dict[str, int]:
-    """Output name → tensor index from the file's one signature ({} without one)."""
+def _signature(interpreter: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Input and output name → tensor index from the file's one signature ({} without one)."""
     try:
         signatures = interpreter.get_signature_list()
         if len(signatures) != 1:
-            return {}
+            return {}, {}
         runner = interpreter.get_signature_runner()
-        details = runner.get_output_details()
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
         del runner  # it holds references to the interpreter's tensors
     except (ValueError, RuntimeError):
-        return {}
-    return {str(name): int(d["index"]) for name, d in details.items()}
+        return {}, {}
+    return ({str(name): int(d["index"]) for name, d in inputs.items()},
+            {str(name): int(d["index"]) for name, d in outputs.items()})

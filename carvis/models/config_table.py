@@ -17,6 +17,7 @@ from pathlib import Path
 from carvis.errors import CarvisError
 from carvis.models import files
 from carvis.models.layers import LayerInfo, format_rows, layer_info
+from carvis.models.legacy import tfops
 from carvis.models.legacy.context import Context, Spec
 from carvis.models.legacy.graph import Graph, input_shape, read_graph
 
@@ -30,8 +31,15 @@ def layer_table_from_file(path: str | os.PathLike) -> list[LayerInfo]:
     graph = _read(p)
     specs = {spec.name: spec for spec in graph.specs}
     shapes = _output_shapes(graph.specs)
-    return [layer_info(index, name, specs[name].class_name, shapes.get(name) or ())
+    return [layer_info(index, name, _type_name(specs[name]), shapes.get(name) or ())
             for index, name in enumerate(keras_order(graph))]
+
+
+def _type_name(spec: Spec) -> str:
+    """The class name, a TimeDistributed's with what it wraps (as layers.type_name)."""
+    if spec.class_name == "TimeDistributed":
+        return f"TimeDistributed({(spec.config.get('layer') or {}).get('class_name', '?')})"
+    return spec.class_name
 
 
 def format_layer_table_from_file(path: str | os.PathLike) -> str:
@@ -108,16 +116,18 @@ def _output_shapes(specs: list[Spec]) -> dict[str, Shape]:
         if not ready:
             break  # a broken graph: the rest stays unknown
         for spec in ready:
-            nodes[spec.name] = [_node_shape(spec, [nodes[r[0]][r[1]] for r in node])
-                                for node in spec.inbound] or [_node_shape(spec, [])]
+            nodes[spec.name] = [_node_shape(spec, [nodes[r[0]][r[1]] for r in node], k)
+                                for k, node in enumerate(spec.inbound)] or [_node_shape(spec, [])]
             pending.remove(spec)
     return {name: shapes[0] for name, shapes in nodes.items()}
 
 
-def _node_shape(spec: Spec, inputs: list[Shape]) -> Shape:
+def _node_shape(spec: Spec, inputs: list[Shape], call: int = 0) -> Shape:
     if spec.class_name == "InputLayer":
         shape = input_shape(spec.config)
         return tuple(shape[1:]) if shape else None
+    if spec.class_name == "TFOpLambda":  # its shape depends on its call's arguments
+        return None if any(s is None for s in inputs) else tfops.shape_of(spec, call, inputs)
     rule = SHAPE_RULES.get(spec.class_name)
     if rule is None or not inputs or any(shape is None for shape in inputs):
         return None
@@ -235,6 +245,42 @@ def _first(c: dict, ins: list) -> Shape:
     return ins[0]
 
 
+def _window3(c: dict, shape: tuple[int | None, ...], size_key: str, channels: int | None
+             ) -> Shape:
+    """(frames, rows, columns, channels) after a 3-D conv or pool window."""
+    size = tuple(int(v) for v in c[size_key])
+    strides = tuple(int(v) for v in (c.get("strides") or size))
+    dilation = tuple(int(v) for v in c.get("dilation_rate", (1, 1, 1)))
+    padding = str(c.get("padding", "valid"))
+    return (*(_length(n, k, s, padding, d) for n, k, s, d in zip(
+        shape[:3], size, strides, dilation, strict=True)), channels)
+
+
+def _conv3d(c: dict, ins: list) -> Shape:
+    return _window3(c, ins[0], "kernel_size", int(c["filters"]))
+
+
+def _pool3d(c: dict, ins: list) -> Shape:
+    return _window3(c, ins[0], "pool_size", ins[0][-1])
+
+
+def _cropping3d(c: dict, ins: list) -> Shape:
+    pairs = [_pair(p) for p in c.get("cropping", ((1, 1),) * 3)]
+    dims = [None if n is None else n - a - b for n, (a, b) in zip(ins[0][:3], pairs, strict=True)]
+    return (*dims, ins[0][-1])
+
+
+def _time_distributed(c: dict, ins: list) -> Shape:
+    inner = c.get("layer") or {}
+    frame = SHAPE_RULES[inner["class_name"]](inner.get("config") or {}, [ins[0][1:]])
+    return None if frame is None else (ins[0][0], *frame)
+
+
+def _lstm(c: dict, ins: list) -> Shape:
+    units = int(c["units"])
+    return (ins[0][0], units) if c.get("return_sequences") else (units,)
+
+
 def _lambda(c: dict, ins: list) -> Shape:
     declared = c.get("output_shape")
     if not declared or c.get("output_shape_type", "raw") != "raw":
@@ -262,6 +308,12 @@ SHAPE_RULES: dict[str, ShapeRule] = {
     "Permute": _permute,
     "Concatenate": _concatenate,
     "Lambda": _lambda,
+    "Conv3D": _conv3d,
+    "MaxPooling3D": _pool3d,
+    "AveragePooling3D": _pool3d,
+    "Cropping3D": _cropping3d,
+    "TimeDistributed": _time_distributed,
+    "LSTM": _lstm,
     **dict.fromkeys(("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise",
                      "Activation", "BatchNormalization", "ReLU", "LeakyReLU", "ELU", "PReLU",
                      "Softmax", "Rescaling", "Identity", "Add", "Subtract", "Multiply",

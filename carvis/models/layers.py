@@ -36,8 +36,15 @@ def layer_info(index: int, name: str, type_name: str,
 
 def layer_table(model: keras.Model) -> list[LayerInfo]:
     """One LayerInfo per layer of the model, in model order (index 0 is the input layer)."""
-    return [layer_info(index, layer.name, type(layer).__name__, _output_shape(layer))
+    return [layer_info(index, layer.name, type_name(layer), _output_shape(layer))
             for index, layer in enumerate(model.layers)]
+
+
+def type_name(layer: Any) -> str:
+    """A layer's class name; a wrapper's with what it wraps: 'TimeDistributed(Conv2D)'."""
+    inner = getattr(layer, "layer", None) if type(layer).__name__ == "TimeDistributed" else None
+    return f"TimeDistributed({type(inner).__name__})" if inner is not None else \
+        type(layer).__name__
 
 
 def resolve_layer(model: keras.Model, spec: str | int, *,

@@ -15,6 +15,13 @@ from carvis.errors import CarvisError
 WeightFix = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where the k-th inbound tensor of a call goes among its arguments."""
+
+    index: int
+
+
 @dataclass
 class Spec:
     """One layer of the saved config, already in the Keras 2 vocabulary."""
@@ -23,6 +30,8 @@ class Spec:
     class_name: str
     config: dict
     inbound: list[list[tuple[str, int, int]]] = field(default_factory=list)
+    # per call of a TFOpLambda: its (args, kwargs) with a Slot for each inbound tensor
+    calls: list[tuple[Any, dict]] = field(default_factory=list)
 
 
 @dataclass

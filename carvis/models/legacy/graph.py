@@ -7,9 +7,12 @@ from typing import Any
 
 from carvis.models.files import dicts
 from carvis.models.legacy import keras1
-from carvis.models.legacy.context import Context, Spec
+from carvis.models.legacy.context import Context, Slot, Spec
 
 Ref = tuple[str, int, int]  # (layer name, node index, tensor index)
+
+#: Keras 2's name for a constant argument of a call: [_CONSTANT_VALUE, -1, value, kwargs].
+_CONSTANT = "_CONSTANT_VALUE"
 
 
 @dataclass
@@ -82,14 +85,57 @@ def _spec(ctx: Context, layer: dict, nodes: list, raw_nodes: bool = True) -> Spe
         raise ctx.unsupported(name, "a Merge of Sequential branches")
     if ctx.dialect == "keras1":
         class_name, config = keras1.translate(ctx, name, class_name, config)
-    inbound = [_node_refs(ctx, name, class_name, node) if raw_nodes else node for node in nodes]
-    return Spec(name, class_name, config, inbound)
+    if not raw_nodes:
+        return Spec(name, class_name, config, list(nodes))
+    if class_name == "TFOpLambda" and ctx.dialect != "keras3":
+        calls = [_op_call(node) for node in nodes]
+        return Spec(name, class_name, config, [refs for refs, _, _ in calls],
+                    [(args, kwargs) for _, args, kwargs in calls])
+    return Spec(name, class_name, config, [_node_refs(ctx, name, class_name, node)
+                                           for node in nodes])
+
+
+def _is_entry(value: Any) -> bool:
+    """True for Keras 2's [layer name, node, tensor] or [..., kwargs] (its own test, too)."""
+    return isinstance(value, (list, tuple)) and len(value) in (3, 4) and isinstance(value[0], str)
+
+
+def _op_call(node: Any) -> tuple[list[Ref], Any, dict]:
+    """One call of a TFOpLambda: its tensors, and its (args, kwargs) with a Slot for each.
+
+    Keras 2 keeps a TFOpLambda's argument structure: a bare entry is one tensor, a list of
+    entries a list (tf.concat's values); constants are _CONSTANT_VALUE entries, and the last
+    entry's kwargs are the call's, tensors in them written as entries too.
+    """
+    refs: list[Ref] = []
+
+    def slot(entry: Any) -> Any:
+        if entry[0] == _CONSTANT:
+            return entry[2]
+        refs.append((str(entry[0]), int(entry[1]), int(entry[2])))
+        return Slot(len(refs) - 1)
+
+    def fill(value: Any) -> Any:
+        if _is_entry(value):
+            return slot(value)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [fill(v) for v in value]
+        return value
+
+    entries = [node] if _is_entry(node) else list(node)
+    args = slot(entries[0]) if _is_entry(node) else [slot(entry) for entry in entries]
+    kwargs = entries[-1][3] if entries and len(entries[-1]) == 4 else {}
+    return refs, args, fill(dict(kwargs or {}))
 
 
 def _node_refs(ctx: Context, name: str, class_name: str, node: Any) -> list[Ref]:
     """The tensors one call of a layer took: [[name, node, tensor, kwargs], ...] in Keras 1/2."""
     if not isinstance(node, dict):
-        return [(str(ref[0]), int(ref[1]), int(ref[2])) for ref in node]
+        entries = [node] if _is_entry(node) else node
+        return [(str(ref[0]), int(ref[1]), int(ref[2])) for ref in entries
+                if ref[0] != _CONSTANT]
     if ctx.dialect != "keras3":
         raise ctx.unsupported(name, f"a {class_name} layer with a Keras 3 style call")
     # Keras 3: {"args": [...], "kwargs": {...}} holding {"class_name": "__keras_tensor__"}s

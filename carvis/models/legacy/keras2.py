@@ -8,6 +8,7 @@ from typing import Any
 import keras
 
 from carvis.models.legacy.context import Context, Spec, tupled
+from carvis.models.legacy.oplayer import build_op
 
 L = keras.layers
 
@@ -80,9 +81,30 @@ def _depthwise(ctx: Context, spec: Spec) -> Any:
                              depth_multiplier=c.get("depth_multiplier", 1), **_conv_args(spec))
 
 
+def _conv3d(ctx: Context, spec: Spec) -> Any:
+    c = spec.config
+    return L.Conv3D(c["filters"], tupled(c["kernel_size"]), activation=_act(ctx, spec),
+                    groups=c.get("groups", 1), **{**_conv_args(spec), **_dims3(c)})
+
+
+def _dims3(c: dict) -> dict[str, Any]:
+    """A 3-D layer's strides and dilation (Keras 2 writes both; defaults of 1 otherwise)."""
+    return {"strides": tupled(c.get("strides", (1, 1, 1))),
+            "dilation_rate": tupled(c.get("dilation_rate", (1, 1, 1)))}
+
+
+def _conv_transpose(ctx: Context, spec: Spec) -> Any:
+    c = spec.config
+    padding = c.get("output_padding")
+    return L.Conv2DTranspose(c["filters"], tupled(c["kernel_size"]), activation=_act(ctx, spec),
+                             output_padding=None if padding is None else tupled(padding),
+                             **_conv_args(spec))
+
+
 def _pool(ctx: Context, spec: Spec) -> Any:
     c = spec.config
-    return getattr(L, spec.class_name)(pool_size=tupled(c.get("pool_size", (2, 2))),
+    square = (2, 2, 2) if spec.class_name.endswith("3D") else (2, 2)
+    return getattr(L, spec.class_name)(pool_size=tupled(c.get("pool_size", square)),
                                        strides=tupled(c.get("strides")),
                                        padding=c.get("padding", "valid"), name=spec.name)
 
@@ -158,6 +180,39 @@ def _cropping(ctx: Context, spec: Spec) -> Any:
                         name=spec.name)
 
 
+def _cropping3d(ctx: Context, spec: Spec) -> Any:
+    return L.Cropping3D(cropping=tupled(spec.config.get("cropping", ((1, 1),) * 3)),
+                        name=spec.name)
+
+
+def _time_distributed(ctx: Context, spec: Spec) -> Any:
+    """TimeDistributed(layer): the inner layer by its own builder, applied to every frame."""
+    inner = spec.config.get("layer") or {}
+    class_name = str(inner.get("class_name", "?"))
+    config = dict(inner.get("config") or {})
+    if class_name in ("TimeDistributed", "Lambda", "TFOpLambda") or class_name not in BUILDERS:
+        raise ctx.unsupported(spec.name, f"a TimeDistributed layer wrapping a {class_name}")
+    config["name"] = str(config.get("name") or f"{spec.name}_inner")
+    return L.TimeDistributed(build(ctx, Spec(config["name"], class_name, config)),
+                             name=spec.name)
+
+
+def _lstm(ctx: Context, spec: Spec) -> Any:
+    c = spec.config
+    for key, what in (("time_major", "time-major"), ("stateful", "stateful")):
+        if c.get(key):
+            raise ctx.unsupported(spec.name, f"a {what} LSTM layer")
+    return L.LSTM(c["units"], activation=activation(ctx, spec.name, c.get("activation", "tanh")),
+                  recurrent_activation=activation(ctx, spec.name,
+                                                  c.get("recurrent_activation", "sigmoid")),
+                  use_bias=c.get("use_bias", True),
+                  unit_forget_bias=c.get("unit_forget_bias", True),
+                  return_sequences=c.get("return_sequences", False),
+                  return_state=c.get("return_state", False),
+                  go_backwards=c.get("go_backwards", False), unroll=c.get("unroll", False),
+                  name=spec.name)
+
+
 def _zero_padding(ctx: Context, spec: Spec) -> Any:
     return L.ZeroPadding2D(padding=tupled(spec.config.get("padding", (1, 1))), name=spec.name)
 
@@ -204,8 +259,12 @@ BUILDERS: dict[str, Builder] = {
     "Conv2D": _conv2d,
     "SeparableConv2D": _separable,
     "DepthwiseConv2D": _depthwise,
+    "Conv2DTranspose": _conv_transpose,
+    "Conv3D": _conv3d,
     "MaxPooling2D": _pool,
     "AveragePooling2D": _pool,
+    "MaxPooling3D": _pool,
+    "AveragePooling3D": _pool,
     "GlobalAveragePooling2D": _global_pool,
     "GlobalMaxPooling2D": _global_pool,
     "Dropout": _dropout,
@@ -222,6 +281,7 @@ BUILDERS: dict[str, Builder] = {
     "PReLU": _prelu,
     "Softmax": _softmax,
     "Cropping2D": _cropping,
+    "Cropping3D": _cropping3d,
     "ZeroPadding2D": _zero_padding,
     "UpSampling2D": _upsampling,
     "Reshape": _reshape,
@@ -235,4 +295,7 @@ BUILDERS: dict[str, Builder] = {
     "Maximum": _merge,
     "Minimum": _merge,
     "Lambda": _lambda,
+    "TFOpLambda": build_op,
+    "TimeDistributed": _time_distributed,
+    "LSTM": _lstm,
 }

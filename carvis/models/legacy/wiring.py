@@ -61,7 +61,8 @@ def _call(ctx: Context, spec: Spec, tensors: Tensors) -> list[list[Any]]:
     outputs = []
     for node in spec.inbound:
         args = [tensors[ref[0]][ref[1]][ref[2]] for ref in node]
-        out = layer(args if len(args) > 1 else args[0])
+        # a TFOpLambda takes its tensors as one list, whatever their number (see tfops)
+        out = layer(args if len(args) > 1 or spec.class_name == "TFOpLambda" else args[0])
         if spec.class_name == "Lambda":
             _check_identity(ctx, spec, args[0])
         outputs.append(list(out) if isinstance(out, (list, tuple)) else [out])
