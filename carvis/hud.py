@@ -35,7 +35,9 @@ def text_scale(row_height: float) -> float:
 def label(name: str, steering: Steering) -> str:
     """'predicted -0.32 thr 0.41': a line's legend."""
     text = f"{name} {steering.angle:+.2f}"
-    return text if steering.throttle is None else f"{text} thr {steering.throttle:.2f}"
+    if steering.throttle is not None:
+        text += f" thr {steering.throttle:.2f}"
+    return text if steering.location is None else f"{text} loc {steering.location}"
 
 
 # --------------------------------------------------------------------------- the dashboard

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carvis import hud, pipeline, sources
+from carvis import donkeyconfig, hud, pilots, pipeline, sources
 from carvis.composer import Composer
 from carvis.errors import CarvisError
 from carvis.profile import Profile
@@ -57,6 +57,9 @@ class RenderOptions:
     maps: Path | None = None  # draw from this track instead of the model
     draw: tuple[tuple[str, Any], ...] = ()  # drawing flags given with a track
     scale: int | None = None  # the picture scaled by this (None: small ones up to 480 rows)
+    pilot_type: str | None = None  # a DonkeyCar pilot's --type
+    car_config: Path | None = None  # a DonkeyCar car's config.py (--config)
+    where: tuple[str, ...] = ()  # --where KEY=VALUE tests of a tub's records
 
 
 @dataclasses.dataclass
@@ -84,10 +87,16 @@ def open_session(options: RenderOptions) -> ModelSession | None:
                         lambda_policy=options.lambda_policy)
 
 
+def find_pilot(session: ModelSession, options: RenderOptions) -> pilots.Pilot | None:
+    """The model as a DonkeyCar pilot: --type and the car's --config, or its own names."""
+    config = donkeyconfig.read(options.car_config) if options.car_config else None
+    return pilots.find(session, options.pilot_type, config)
+
+
 def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
                       plot: bool = False, plot_seconds: float = 5.0,
-                      hud_on: bool | None = None, scale: int | None = None
-                      ) -> pipeline.Renderer:
+                      hud_on: bool | None = None, scale: int | None = None,
+                      pilot: Any = "auto") -> pipeline.Renderer:
     """The Renderer; on a tub (or with --plot) its HUD shows the recorded steering beside the
     model's unless the HUD is turned off, and --plot charts both."""
     if plot and hud_on is False:
@@ -96,7 +105,8 @@ def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
     tub = hud_on is None and bool(plot or getattr(source, "records", None))
 
     def make(p: Profile, with_chart: hud.StripChart | None = None) -> pipeline.Renderer:
-        return pipeline.make_renderer(session, p, with_chart, scale=scale, fps=source.fps)
+        return pipeline.make_renderer(session, p, with_chart, scale=scale, fps=source.fps,
+                                      pilot=pilot)
 
     if not tub or plot:
         return make(profile.replace(hud=True) if tub else profile, chart)
@@ -136,7 +146,10 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
             start = sources.frame_position(options.start, "--start")
             end = sources.frame_position(options.end, "--end")
             frames = sources.select_frames(source, source.fps, start, end)
-            expected = sources.count_frames(source, start, end)
+            keep = sources.parse_where(options.where)
+            if keep is not None:
+                frames = (frame for frame in frames if keep(frame))
+            expected = sources.count_frames(source, start, end, keep)
             if options.max_frames is not None:
                 frames = itertools.islice(frames, options.max_frames)
                 expected = options.max_frames if expected is None else \
@@ -145,13 +158,14 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
                 last = f"{source.frame_count} frames" if not getattr(source, "records", None) \
                     else f"records {source.records[0].get('_index')}.." \
                          f"{source.records[-1].get('_index')}"
+                asked = " and ".join(f"--where {w}" for w in options.where) or \
+                    f"--start {options.start} .. --end {options.end}"
                 raise CarvisError(f"nothing to render: {source.name} has {last}, none in "
-                                  f"--start {options.start} .. --end {options.end}; give a "
-                                  "range inside it")
+                                  f"{asked}; give a range inside it")
             renderer = _track_renderer(options, source) if session is None else \
                 steering_renderer(session, options.profile, source, plot=options.plot,
                                   plot_seconds=options.plot_seconds, hud_on=options.hud,
-                                  scale=options.scale)
+                                  scale=options.scale, pilot=find_pilot(session, options))
             sink = open_sink(job.output, SinkOptions(source.fps, threads=options.encoder_threads),
                              inputs=[job.source], allowed=("", ".avi", ".mp4", ".mkv"))
             writer = _track_writer(options, renderer, session, source)

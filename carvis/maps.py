@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from carvis import explain, pilot
+from carvis import explain, pilot, pilots
 from carvis import overlay as ov
 from carvis.errors import CarvisError
 from carvis.flatmap import FlatMapWatch
@@ -82,9 +82,13 @@ class MapMaker:
     """Turns frames into maps for a profile: reused buffers, the model built once."""
 
     def __init__(self, session: ModelSession, profile: Profile, *, steering: bool = False,
-                 grid: bool = False, times: StageTimes | None = None) -> None:
+                 grid: bool = False, times: StageTimes | None = None,
+                 pilot: pilots.Pilot | None | str = "auto") -> None:
         self.session = session
         self.profile = profile
+        # A DonkeyCar pilot is read as DonkeyCar reads it ("auto": when its names say so).
+        self.pilot = pilots.find(session) if pilot == "auto" else pilot
+        self.sequence = bool(self.pilot is not None and self.pilot.type.sequence)
         self.normalizer = ov.MapNormalizer(profile.normalize, profile.range, profile.decay,
                                            profile.ema)
         self.flat = FlatMapWatch()
@@ -95,7 +99,7 @@ class MapMaker:
                   "steering": bool(steering or profile.hud),
                   "grid": bool(grid or profile.view == "grid")}
         self.state = self._build(values, None)
-        self.preprocess = _preprocessor(profile, self.state.backend)
+        self.preprocess = _preprocessor(profile, self.state.backend, self.pilot)
         self._warm = {self.state.backend.layer_name}
         self.flat.reset(_what(self.state))
 
@@ -132,7 +136,7 @@ class MapMaker:
             self.normalizer.reset()
             self.flat.reset(_what(state))
         if state.backend.input_shape != old.backend.input_shape:
-            self.preprocess = _preprocessor(self.profile, state.backend)
+            self.preprocess = _preprocessor(self.profile, state.backend, self.pilot)
         self.state = state
 
     @property
@@ -146,35 +150,51 @@ class MapMaker:
         return int(self.state.backend.output_shape[-1])
 
     # -- per frame ------------------------------------------------------------------------------
-    def __call__(self, image: np.ndarray) -> MapResult:
-        """The map of a frame (preprocess → model → normalise); the frame is only read."""
+    def __call__(self, image: np.ndarray, record: dict[str, Any] | None = None) -> MapResult:
+        """The map of a frame (preprocess → model → normalise); the frame is only read. record:
+        the frame's tub record (a DonkeyCar pilot's other inputs come from it)."""
         t0 = time.perf_counter()
         batch = self.preprocess(self.preprocess.roi(image))
         t1 = time.perf_counter()
         s = self.state
-        act, amap, explanation = self._map(s, batch)
+        if self.pilot is not None and self.pilot.runs_whole:
+            act, amap, prediction, steering = self._whole_pilot(s, batch, record)
+            softmax = steering is not None and steering.angle_bins is not None
+        else:
+            act, amap, explanation = self._map(s, batch)
+            prediction, steering, softmax = read_steering(self.pilot, s, explanation)
         self.flat(amap, batch, self.profile.scale, self.profile.offset)
         if act is None and s.grid:
             act = s.backend(batch)
         norm = self.normalizer(amap)
         self.times.add("preprocess", t1 - t0)
         self.times.add("model", time.perf_counter() - t1)
-        prediction, steering, softmax = None, None, False
-        if explanation is not None and explanation.prediction is not None:
-            head = s.explainer.head
-            softmax = bool(head.softmax)
-            prediction = np.array(explanation.prediction)
-            steering = pilot.read_explanation(explanation, head,
-                                              getattr(s.explainer, "other_outputs", ()))
         # Copies: the normaliser and the backends reuse their buffers, and the map may be laid
         # on frames in another thread while the next one is computed.
         return MapResult(norm.copy(), np.array(amap, np.float32),
                          None if act is None else np.array(act), prediction, softmax,
                          s.backend.layer_name, s.mode, steering)
 
+    def _whole_pilot(self, s: _State, batch: np.ndarray, record: dict[str, Any] | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                pilot.Steering | None]:
+        """A pilot with other inputs or a frame sequence: the map from the image's path, the
+        steering from the whole model fed as the car feeds it."""
+        feeds = self.pilot.feeds(batch, record)
+        act = s.backend(feeds)
+        if self.sequence:
+            act = act[-1]  # the newest frame of the window
+        amap = ov.select_channel(act, s.channel)
+        if not s.steering:
+            return act, amap, None, None
+        steering = self.pilot.steering(self.session.kind.whole()(feeds))
+        shown = steering.angle_bins if steering.angle_bins is not None else \
+            np.array([steering.angle, steering.throttle], np.float32)
+        return act, amap, np.array(shown, np.float32), steering
+
     def map_of(self, frame: Frame) -> MapResult:
         """The map of a source's frame (the verb every map source has)."""
-        return self(frame.image)
+        return self(frame.image, frame.record)
 
     def activation(self, image: np.ndarray) -> np.ndarray:
         """The raw float activation map (h, w) of the chosen layer and channel."""
@@ -218,16 +238,21 @@ class MapMaker:
                               f"(use 0..{n - 1}, 'mean' or 'max')")
         mode, target = get("mode"), get("target")
         smoothgrad, steering = get("smoothgrad"), bool(get("steering"))
+        if self.pilot is not None and self.pilot.runs_whole and mode != "activation":
+            raise CarvisError(f"mode {mode!r} explains a single-input pilot; this "
+                              f"{self.pilot.type.kind} pilot's steering also takes "
+                              f"{self.pilot.others}, so carvis maps it in activation mode (the "
+                              "layer's own response); use --mode activation")
         return _State(backend, channel, mode, target, smoothgrad, steering, bool(get("grid")),
                       self._explainer(mode, target, backend, steering, smoothgrad))
 
     def _layer_backend(self, spec: str | int) -> Any:
         backend = self.session.backend(spec)
-        if len(backend.output_shape) != 3:
+        if len(_frame_shape(backend.output_shape, self.sequence)) != 3:
             raise CarvisError(f"layer {backend.layer_name!r} has output shape "
                               f"{backend.output_shape}, not a spatial map; pick a conv layer "
                               f"({', '.join(self.session.conv_layers())})")
-        h, w, _ = backend.input_shape
+        h, w, _ = backend.input_shape[-3:]
         size = self.profile.input_size or (w, h)
         if size != (w, h):
             raise CarvisError(f"profile input_size {list(size)} does not match the model's "
@@ -237,7 +262,8 @@ class MapMaker:
     def _explainer(self, mode: str, target: str, backend: Any, steering: bool,
                    smoothgrad: tuple[int, float] | None) -> explain.Explainer | None:
         """The session's explainer for a mode (None: the layer's backend alone gives the map)."""
-        if mode == "activation" and not steering:
+        if mode == "activation" and (not steering or (self.pilot is not None
+                                                      and self.pilot.runs_whole)):
             return None
         smooth = smoothgrad if mode in ("saliency", "guided") else None
         uses_layer = mode in ("activation", "gradcam", "guided-gradcam") or target == "layer"
@@ -245,10 +271,31 @@ class MapMaker:
                                       smooth)
 
 
-def _preprocessor(profile: Profile, backend: Any) -> Preprocessor:
-    h, w, c = backend.input_shape
-    return Preprocessor(profile, (w, h), c)
+def _preprocessor(profile: Profile, backend: Any, found: pilots.Pilot | None) -> Preprocessor:
+    h, w, c = backend.input_shape[-3:]  # a frame sequence's pilot: one frame of the window
+    return Preprocessor(profile, (w, h), c, None if found is None else found.transform)
+
+
+def _frame_shape(shape: tuple[int, ...], sequence: bool) -> tuple[int, ...]:
+    """A layer's output for one frame (a sequence pilot's layers have a time axis first)."""
+    return tuple(shape[1:]) if sequence and len(shape) == 4 else tuple(shape)
 
 
 def _what(s: _State) -> str:
     return f"{s.mode} on layer {s.backend.layer_name!r}, channel {s.channel}"
+
+
+def read_steering(found: pilots.Pilot | None, s: _State, explanation: Any
+                  ) -> tuple[np.ndarray | None, pilot.Steering | None, bool]:
+    """(raw prediction, steering, softmax) of one run: a DonkeyCar pilot read as DonkeyCar
+    reads it, another model's head as carvis.pilot reads it."""
+    if explanation is None or explanation.prediction is None:
+        return None, None, False
+    head = s.explainer.head
+    if found is not None:
+        named = {**explanation.outputs, head.layer: explanation.outputs[explain.PREDICTION]}
+        steering = found.steering(named)
+    else:
+        steering = pilot.read_explanation(explanation, head,
+                                          getattr(s.explainer, "other_outputs", ()))
+    return np.array(explanation.prediction), steering, bool(head.softmax)

@@ -26,6 +26,7 @@ class Steering:
     throttle: float | None = None
     angle_bins: np.ndarray | None = None     # probabilities of a categorical angle head
     throttle_bins: np.ndarray | None = None  # probabilities of a categorical throttle head
+    location: int | None = None  # a localizer pilot's location (its argmax)
 
 
 def probabilities(values: np.ndarray, softmax: bool = True) -> np.ndarray:

@@ -108,13 +108,15 @@ class Renderer:
 
 def make_renderer(session: ModelSession, profile: Profile,
                   chart: hud.StripChart | None = None, *, steering: bool = False,
-                  scale: int | None = 1, fps: float = 30.0) -> Renderer:
+                  scale: int | None = 1, fps: float = 30.0, pilot: Any = "auto") -> Renderer:
     """The Renderer of a model for a profile; the model's steering is computed for the HUD,
     a strip chart, or when asked (a pilot part drives with it). scale: the picture's (None:
-    small pictures scaled up to 480 rows); fps: the source's, for the frame times shown."""
+    small pictures scaled up to 480 rows); fps: the source's, for the frame times shown;
+    pilot: a carvis.pilots.Pilot (a DonkeyCar pilot's --type and --config), "auto" to read
+    one from the model's names, or None."""
     times = StageTimes()
     maps = MapMaker(session, profile, steering=steering or profile.hud or chart is not None,
-                    times=times)
+                    times=times, pilot=pilot)
     return Renderer(maps, Composer(profile, chart, times=times, scale=scale, fps=fps))
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
+from carvis.errors import CarvisError
 from carvis.profile import Crop, Profile
+
+log = logging.getLogger("carvis")
 
 INTERPOLATION_FLAGS = {
     "nearest": cv2.INTER_NEAREST,
@@ -40,10 +46,15 @@ class Roi:
 
 
 class Preprocessor:
-    """Crop → resize → k×k mean → colour order → scale/offset, into a reused float32 buffer."""
+    """Crop → resize → k×k mean → colour order → scale/offset, into a reused float32 buffer;
+    with a car's transformations (carvis.donkeytransform: what a DonkeyCar car does to its
+    RGB camera image before its pilot), those instead of the resize and the mean."""
 
-    def __init__(self, profile: Profile, input_size: tuple[int, int], channels: int = 3) -> None:
+    def __init__(self, profile: Profile, input_size: tuple[int, int], channels: int = 3,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.profile = profile
+        self.transform = transform
+        self._told = False
         self.input_size = input_size  # (width, height)
         self.channels = channels
         self.interpolation = INTERPOLATION_FLAGS[profile.interpolation]
@@ -58,6 +69,15 @@ class Preprocessor:
 
     def __call__(self, roi: np.ndarray) -> np.ndarray:
         """Model input for an ROI, shape (1, H, W, C) float32; the returned array is reused."""
+        if self.transform is not None:
+            return self._transformed(roi)
+        if not self._told and self.profile.input_size is None:
+            self._told = True  # a generic profile: a frame squeezed to fit is said, once
+            (fw, fh), (mw, mh) = roi.shape[1::-1], self.input_size
+            if abs((fw / fh) / (mw / mh) - 1) > 0.05:
+                log.info("note: frames are %dx%d, the model takes %dx%d: each is squeezed "
+                         "to fit (a DonkeyCar car: give its --config; another: a profile's "
+                         "input_size and crop)", fw, fh, mw, mh)
         small = cv2.resize(roi, self.input_size, dst=self._small,
                            interpolation=self.interpolation)
         if self.kernel is not None:
@@ -70,6 +90,23 @@ class Preprocessor:
             np.multiply(gray, np.float32(self.profile.scale), out=self.batch[0, :, :, 0])
         else:
             np.multiply(small, np.float32(self.profile.scale), out=self.batch[0])
+        if self.profile.offset:
+            np.add(self.batch, np.float32(self.profile.offset), out=self.batch)
+        return self.batch
+
+    def _transformed(self, roi: np.ndarray) -> np.ndarray:
+        """The car's own pipeline: RGB, its transformations, then scale (no resize: a model
+        that takes another size than the car makes is refused)."""
+        rgb = cv2.cvtColor(roi, cv2.COLOR_BGR2RGB)
+        image = self.transform(rgb)
+        image = image[:, :, None] if image.ndim == 2 else image
+        if image.shape != self.batch.shape[1:]:
+            h, w, c = self.batch.shape[1:]
+            raise CarvisError(f"after the car's transformations a {roi.shape[1]}x{roi.shape[0]} "
+                              f"frame is {image.shape[1]}x{image.shape[0]}x{image.shape[2]}, but "
+                              f"the model takes {w}x{h}x{c}; give the config the model was "
+                              "trained with")
+        np.multiply(image, np.float32(self.profile.scale), out=self.batch[0])
         if self.profile.offset:
             np.add(self.batch, np.float32(self.profile.offset), out=self.batch)
         return self.batch

@@ -112,15 +112,16 @@ def test_carvis_layers_prints_the_rnn_pilots_conv_layers(pilots, capsys):
     assert "LSTM_fin             LSTM                           (128,)" in out
 
 
-def test_carvis_layers_of_a_several_input_tflite_names_its_inputs(pilots, capsys):
+def test_carvis_layers_of_a_several_input_tflite_reads_its_image_path(pilots, capsys):
     from carvis import cli
 
     assert cli.main(["layers", str(pilots.model("imu", "tflite"))]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        ("imu.tflite: a car's own model whose layers carvis does not read yet (several inputs "
-         "or subgraphs); it runs for its outputs"),
-        "  input   'img_in' (120, 160, 3)", "  input   'imu_in' (6)",
-        "  output  'out_0' (1)", "  output  'out_1' (1)"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("imu.tflite: a car's own model, read from its ops; input "
+                               "(120, 160, 3)")
+    convs = [line.split()[2] for line in lines if " conv:" in line]
+    assert convs == [f"conv2d_{k}" for k in range(1, 6)]
+    assert any("out_0" in line and "in the file" in line for line in lines)
 
 
 # ------------------------------------------------------------------------ the pilot type

@@ -166,7 +166,11 @@ def test_inspect_on_a_tflite_says_why_there_are_no_filters(axionaut_frames, tmp_
     frame = min(axionaut_frames.glob("*.jpg"))
     code, err = _run(capsys, "inspect", str(REPO / "models" / "default.tflite"), str(frame),
                      "-o", str(tmp_path / "g.png"))
-    assert code == 0 and err[0].startswith("carvis: no filters below the grid: a .tflite")
+    # the generic profile squeezes a 16:9 frame into the 250x70 input, and says so
+    assert code == 0 and err[0] == ("carvis: note: frames are 1920x1080, the model takes "
+                                    "250x70: each is squeezed to fit (a DonkeyCar car: give "
+                                    "its --config; another: a profile's input_size and crop)")
+    assert err[1].startswith("carvis: no filters below the grid: a .tflite")
 
 
 def test_run_fps_on_a_file_source_is_said_not_ignored(tmp_path):

@@ -58,17 +58,21 @@ def convert(model: Any, names: list[str] | tuple[str, ...], meta: LayerMeta) -> 
     """The model with one output per named layer, as a float32 .tflite with metadata."""
     quiet_environment()
     import keras
+    import tensorflow as tf
 
     names = list(dict.fromkeys(names))
-    if len(model.inputs) != 1:
-        raise CarvisError(f"model {model.name!r} has {len(model.inputs)} inputs; "
-                          "carvis export handles single-input models")
-    if len(names) == 1:
-        sub = models.truncated_model(model, model.get_layer(names[0]))
-    else:
-        outputs = [model.get_layer(name).output for name in names]
-        sub = keras.Model(model.inputs[0], outputs, name=f"{model.name}_outputs")
+    try:
+        if len(names) == 1:
+            sub = models.truncated_model(model, model.get_layer(names[0]))
+        else:
+            outputs = [model.get_layer(name).output for name in names]
+            sub = keras.Model(models.image_input(model), outputs, name=f"{model.name}_outputs")
+    except ValueError as exc:  # a layer that needs the model's other inputs too
+        raise ConversionError(f"{', '.join(names)} of model {model.name!r} depend on more "
+                              f"than its image input ({str(exc).splitlines()[0][:120]})"
+                              ) from None
     shape = (1,) + tuple(int(d) for d in sub.inputs[0].shape[1:])
+    spec = [tf.TensorSpec(shape, tf.float32, name=sub.inputs[0].name)]
 
     def serve(x: Any) -> dict[str, Any]:
         values = sub(x, training=False)
@@ -76,10 +80,10 @@ def convert(model: Any, names: list[str] | tuple[str, ...], meta: LayerMeta) -> 
         return dict(zip(names, values, strict=True))
 
     what = (f"layer {names[0]!r}" if len(names) == 1 else f"layers {', '.join(names)}")
-    return with_metadata(_to_tflite(sub, serve, shape, f"{what} of model {model.name!r}"), meta)
+    return with_metadata(_to_tflite(sub, serve, spec, f"{what} of model {model.name!r}"), meta)
 
 
-def _to_tflite(sub: Any, serve: Any, shape: tuple, what: str) -> bytes:
+def _to_tflite(sub: Any, serve: Any, specs: list, what: str) -> bytes:
     """A Keras export archive of sub with one endpoint, converted to a .tflite flatbuffer."""
     import keras
     import tensorflow as tf
@@ -91,8 +95,7 @@ def _to_tflite(sub: Any, serve: Any, shape: tuple, what: str) -> bytes:
         try:
             archive = keras.export.ExportArchive()
             archive.track(sub)
-            archive.add_endpoint(name="serving_default", fn=serve, input_signature=[
-                tf.TensorSpec(shape, tf.float32, name=sub.inputs[0].name)])
+            archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
             archive.write_out(tmp, verbose=False)
             return tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
         except Exception as exc:  # noqa: BLE001 - converter errors are many and deep
@@ -100,6 +103,25 @@ def _to_tflite(sub: Any, serve: Any, shape: tuple, what: str) -> bytes:
     detail = str(error).strip().splitlines() or lines[-1:] or [type(error).__name__]
     raise ConversionError(f"cannot convert {what} to TFLite ({detail[0][:160]}); "
                           "use --backend tensorflow") from None
+
+
+def convert_whole(model: Any, name: str) -> bytes:
+    """The whole model (every input by its name, every output by its layer's name) as a
+    float32 .tflite: a DonkeyCar pilot with several inputs, run as the car runs it."""
+    quiet_environment()
+    import tensorflow as tf
+
+    inputs = list(model.inputs)
+    outputs = list(getattr(model, "output_names", None) or [t.name for t in model.outputs])
+    specs = [tf.TensorSpec((1, *(int(d) for d in t.shape[1:])), tf.float32,
+                           name=t.name.split(":")[0]) for t in inputs]
+
+    def serve(*xs: Any) -> dict[str, Any]:
+        values = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return dict(zip(outputs, values, strict=True))
+
+    return _to_tflite(model, serve, specs, f"the whole of {name}")
 
 
 #: Adds what modes need to an export: (model, shown layers) → (more outputs, meta fields).

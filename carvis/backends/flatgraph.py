@@ -54,6 +54,10 @@ class _Graph:
                          for t in op.outputs if t >= 0}
         self.inputs = [int(t) for t in self.sub.inputs]
         self.outputs = [int(t) for t in self.sub.outputs]
+        # The camera image: the only input, else the one with rows, columns and channels
+        # (DonkeyCar's memory, imu and behavior pilots take vectors beside it).
+        images = [t for t in self.inputs if len(self.shape(t)) in (4, 5)]
+        self.image = images[0] if len(images) == 1 else self.inputs[0]
         self.signature: dict[int, str] = {}
         for sig in (self.model.signatureDefs or [])[:1]:
             for entry in (sig.inputs or []) + (sig.outputs or []):
@@ -93,7 +97,7 @@ def _layer_name(tensor_name: str) -> str | None:
 def _rows(g: _Graph) -> list[_Row]:
     """Input, then one row per layer: consecutive ops on one tensor path sharing a layer name
     (a conv op always starts a row, so conv:N counts CONV_2D / DEPTHWISE_CONV_2D ops)."""
-    (inp,) = g.inputs
+    inp = g.image
     rows = [_Row(g.signature.get(inp) or g.tensor_name(inp).split(":")[0], ["INPUT"], inp)]
     used = {rows[0].name}
 
@@ -198,16 +202,16 @@ def _vbp(g: _Graph, head: dict, names: dict[int, str]) -> tuple[dict, set[int]]:
         records.append(_record(g, k, names[out]))
         if records[-1]["type"] != "Identity":
             taps.add(out)
-    return {"input_hw": list(g.shape(g.inputs[0])[1:3]), "chain": records}, taps
+    return {"input_hw": list(g.shape(g.image)[1:3]), "chain": records}, taps
 
 
 def describe(flatbuffer: bytes, source: str = "<tflite>") -> tuple[LayerMeta, dict[str, int]]:
     """A car's own .tflite as carvis metadata (derived from its ops), and the tensors to read:
     output name → tensor index (its 4-D layers, VisualBackProp's path, the graph outputs)."""
     g = _Graph(flatbuffer)
-    if len(g.model.subgraphs) != 1 or len(g.inputs) != 1:
+    if len(g.model.subgraphs) != 1 or len(g.shape(g.image)) not in (4, 5):
         raise CarvisError(f"{source}: has {len(g.inputs)} inputs in {len(g.model.subgraphs)} "
-                          "subgraphs; carvis needs one input (the camera image)")
+                          "subgraphs; carvis needs one subgraph and one image input")
     rows = _rows(g)
     head = _head(g)
     names = {row.tensor: row.name for row in rows}
@@ -227,7 +231,7 @@ def describe(flatbuffer: bytes, source: str = "<tflite>") -> tuple[LayerMeta, di
     head.pop("tensor", None)
     meta = LayerMeta(
         layer=shown[0] if shown else rows[-1].name, layers=len(rows),
-        input_shape=g.shape(g.inputs[0])[1:], model=source, conv_layers=shown,
+        input_shape=g.shape(g.image)[1:], model=source, conv_layers=shown,
         layer_names=tuple(row.name for row in rows), outputs=tuple(tensors), shown=shown,
         layer_types=types, layer_shapes=tuple(g.shape(row.tensor)[1:] for row in rows),
         head=head or None, vbp=vbp, derived=True)
@@ -242,12 +246,21 @@ def with_outputs(flatbuffer: bytes, tensors: dict[str, int]) -> bytes:
     model = s.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     sub = model.subgraphs[0]
     sub.outputs = np.asarray(list(tensors.values()), np.int32)
+    # The inputs keep the names the file's signature gave them (a pilot's several inputs are
+    # fed by name); a file without one names its only input "input".
+    named = {}
+    for sig in (model.signatureDefs or [])[:1]:
+        named = {int(entry.tensorIndex): _text(entry.name) for entry in sig.inputs or []}
     signature = s.SignatureDefT()
     signature.signatureKey = "serving_default"
     signature.subgraphIndex = 0
-    inp = s.TensorMapT()
-    inp.name, inp.tensorIndex = "input", int(sub.inputs[0])
-    signature.inputs = [inp]
+    signature.inputs = []
+    for t in sub.inputs:
+        inp = s.TensorMapT()
+        inp.name = named.get(int(t)) or ("input" if len(sub.inputs) == 1 else
+                                          _text(sub.tensors[int(t)].name))
+        inp.tensorIndex = int(t)
+        signature.inputs.append(inp)
     signature.outputs = []
     for name, t in tensors.items():
         entry = s.TensorMapT()

@@ -79,7 +79,7 @@ class LiteRTModel:
             for line in lines:
                 if not line.startswith("INFO: "):
                     log.warning("%s", line)
-        self.meta: LayerMeta | None = meta or (read_meta(flatbuffer) if _has_schema() else None)
+        self.meta: LayerMeta | None = meta or read_meta(flatbuffer)
         self._ins = {name: (d["index"], _quant(d), d["dtype"]) for name, d in inputs}
         self.input_names = tuple(self._ins)
         self._in = self._ins[self.input_names[0]]  # the first input's (index, quant, dtype)
@@ -132,7 +132,11 @@ class LiteRTModel:
                 raise CarvisError(f"{self.source}: has {len(self._ins)} inputs "
                                   f"({', '.join(self.input_names)}); give each by name")
             batch = {self.input_names[0]: batch}
+        elif len(self._ins) == 1 and self.input_names[0] not in batch:
+            batch = {self.input_names[0]: image_of(batch)}  # a pilot's inputs: the image
         for name, value in batch.items():
+            if name not in self._ins:
+                continue  # a pilot's other inputs, to a file cut at a layer before them
             index, quant, dtype = self._ins[name]
             if quant is not None:
                 scale, zero = quant
@@ -167,8 +171,18 @@ class LiteRTModel:
                            f"({first})")
 
 
+def image_of(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The camera image among a pilot's inputs: the one with rows, columns and channels."""
+    images = [v for v in feeds.values() if np.ndim(v) >= 4]
+    if len(images) != 1:
+        raise CarvisError(f"{len(images)} image inputs among {', '.join(feeds)}; carvis needs "
+                          "one (the camera)")
+    return images[0]
+
+
 class LayerBackend:
-    """One output of a LiteRT model as a one-layer backend: (1, H, W, C) → (h, w, c)."""
+    """One output of a LiteRT model as a one-layer backend: (1, H, W, C), or a pilot's inputs
+    by name, → (h, w, c) (a frame sequence's pilot: (T, h, w, c))."""
 
     name = "litert"
 
@@ -181,54 +195,32 @@ class LayerBackend:
         self.output_shape = model.output_shapes[self.output]
         self._names = (self.output,)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         return self.model(batch, self._names)[self.output][0]
 
 
 def load(path: str | Path, num_threads: int = 1, preserve_all_tensors: bool = False
          ) -> LiteRTModel:
-    """A .tflite file on LiteRT; a car's own file with its layers added as outputs (files
-    with several inputs or subgraphs run as they are: their outputs, no layers yet)."""
+    """A .tflite file on LiteRT; a car's own file with its layers added as outputs (a file of
+    several subgraphs runs as it is: its outputs, no layers)."""
     data, name = read_tflite(path), Path(path).name
-    interpreter_class()  # the runtime first: TensorFlow's is imported quietly, schema and all
-    if not _has_schema():
-        log.warning("%s: runs for its outputs only: reading its layers needs the TFLite schema "
-                    "(tflite-runtime has none); pip install ai-edge-litert", name)
-        return LiteRTModel(data, name, num_threads, preserve_all_tensors=preserve_all_tensors)
+    interpreter_class()  # the runtime first: TensorFlow's is imported quietly
     meta = read_meta(data)
     if meta is None:
-        subgraphs, inputs = _graph_size(data)
-        if subgraphs == 1 and inputs == 1:
+        subgraphs = schema().Model.GetRootAs(data, 0).SubgraphsLength()
+        if subgraphs == 1:
             meta, tensors = flatgraph.describe(data, name)
             if not preserve_all_tensors:
                 data = flatgraph.with_outputs(data, tensors)
         else:
-            log.debug("%s: %d input(s) in %d subgraph(s); its layers are not read, only its "
-                      "outputs", name, inputs, subgraphs)
+            log.debug("%s: %d subgraphs; its layers are not read, only its outputs", name,
+                      subgraphs)
     return LiteRTModel(data, name, num_threads, meta=meta,
                        preserve_all_tensors=preserve_all_tensors)
 
 
-def _has_schema() -> bool:
-    """True if the TFLite schema carvis reads files with is there (tflite-runtime has none)."""
-    try:
-        schema()
-    except CarvisError:
-        return False
-    return True
-
-
-def _graph_size(data: bytes) -> tuple[int, int]:
-    """(subgraphs, inputs of the first) of a .tflite flatbuffer."""
-    model = schema().Model.GetRootAs(data, 0)
-    return model.SubgraphsLength(), model.Subgraphs(0).InputsLength()
-
-
 def describe(path: str | Path) -> str:
     """What `carvis layers` shows for a .tflite: its layers, shapes, what the modes can use."""
-    if not _has_schema():
-        raise CarvisError(f"{Path(path).name}: reading a .tflite's layers needs the TFLite schema, "
-                          "which tflite-runtime does not ship; pip install ai-edge-litert")
     model = load(path)
     name, meta = Path(path).name, model.meta
     if meta is None or not meta.layer_types:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -28,5 +29,9 @@ class TensorFlowBackend:
 
         self._run = run
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        if isinstance(batch, Mapping):  # a pilot's inputs: the cut model takes the image
+            from carvis.backends.litert import image_of
+
+            batch = image_of(batch)
         return self._run(batch).numpy()[0]

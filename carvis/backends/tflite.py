@@ -95,16 +95,11 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def schema() -> Any:
-    """The generated TFLite flatbuffer schema (LiteRT's; TensorFlow's copy as a fallback)."""
-    try:
-        from ai_edge_litert import schema_py_generated as generated
-    except ImportError:
-        try:
-            from tensorflow.lite.python import schema_py_generated as generated
-        except ImportError:
-            raise CarvisError("reading .tflite metadata needs ai-edge-litert; "
-                              "pip install ai-edge-litert") from None
-    return generated
+    """The generated TFLite flatbuffer schema (the copy carvis ships: tflite-runtime, DonkeyCar's
+    Pi runtime, has none)."""
+    from carvis_vendor import tflite_schema
+
+    return tflite_schema
 
 
 def read_meta(data: bytes) -> LayerMeta | None:

@@ -36,6 +36,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", "-t", type=float, help="mask threshold on the 0..255 map")
     g.add_argument("--colormap", help="OpenCV colormap name (inferno, jet, turbo, ...)")
     add_backend_args(g)
+    d = p.add_argument_group("a DonkeyCar pilot (read from the model's names without these)")
+    d.add_argument("--type", dest="pilot_type", metavar="TYPE",
+                   help="its type, as makemovie's --type: linear, categorical, inferred, memory, "
+                   "imu, behavior, localizer, rnn, 3d, latent (tflite_ prefixes allowed)")
+    d.add_argument("--config", dest="car_config", metavar="CONFIG.PY", help="the car's "
+                   "config.py (myconfig.py beside it applied on top; read, never run): the "
+                   "throttle range, the image size, the transformations its pilot sees")
     add_mode_args(p)
 
 

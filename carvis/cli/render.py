@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--start", help="first frame: an index (120) or a time (12.5s, 1:05)")
     r.add_argument("--end", help="stop before this frame: an index or a time (12.5s)")
+    r.add_argument("--where", action="append", metavar="KEY=VALUE", help="a tub's records "
+                   "to keep, by a value (repeat to add; KEY!=VALUE leaves out): --where "
+                   "user/mode=local keeps those the pilot drove")
     r.add_argument("--plot", action="store_true", help="a strip chart of the recorded and "
                    "predicted angle below the frame (turns the HUD on)")
     r.add_argument("--scale", type=int, metavar="N", help="scale the picture by N before the "
@@ -73,7 +76,9 @@ def _options(args: argparse.Namespace) -> Any:
                               args.plot_seconds, args.hud,
                               save_maps=Path(args.save_maps) if args.save_maps else None,
                               maps=Path(args.maps) if args.maps else None, draw=draw,
-                              scale=_scale(args.scale))
+                              scale=_scale(args.scale), pilot_type=args.pilot_type,
+                              car_config=Path(args.car_config) if args.car_config else None,
+                              where=tuple(args.where or ()))
 
 
 def _scale(value: int | None) -> int | None:

@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`carvis run`: check everything, open the source, load the model, run until Ctrl-C."""
     import signal
 
-    from carvis import live, pipeline, settings, sources
+    from carvis import donkeyconfig, live, pilots, pipeline, settings, sources
     from carvis.live.console import native_notes
     from carvis.live.recording import check_record_path
     from carvis.session import ModelSession
@@ -91,7 +91,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"size and {source.fps:g} fps", file=sys.stderr)
         session = ModelSession(model_path, backend=args.backend,
                                lambda_policy=args.lambda_policy)
-        runner = live.build(source, pipeline.make_renderer(session, profile), options)
+        car = donkeyconfig.read(args.car_config) if args.car_config else None
+        found = pilots.find(session, args.pilot_type, car)
+        runner = live.build(source, pipeline.make_renderer(session, profile, pilot=found),
+                            options)
         interrupts = 0
 
         def on_signal(signum: int, _frame: object) -> None:

@@ -100,10 +100,13 @@ def steering_head(model: Any) -> SteeringHead:
     names = output_layer_names(model)
     if not names:
         raise CarvisError(f"model {model.name!r} has no outputs; carvis needs a steering output")
-    index = 0
+    # Of several outputs, the first whose name says angle/steer, else the first of (units,)
+    # (a DonkeyCar latent pilot's first output is an image).
+    vectors = [i for i, t in enumerate(model.outputs) if len(t.shape) == 2] or [0]
+    index = vectors[0]
     if len(names) > 1:
         for i, name in enumerate(names):
-            if "angle" in name.lower() or "steer" in name.lower():
+            if ("angle" in name.lower() or "steer" in name.lower()) and i in vectors:
                 index = i
                 break
     name = names[index]

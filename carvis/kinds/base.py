@@ -60,6 +60,16 @@ class ModelKind:
         """The explainer of a mode for this model (built once by the session)."""
         raise NotImplementedError
 
+    def signature(self) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+        """(inputs, outputs) of the whole model: names and shapes without the batch axis
+        (what carvis.donkeytype reads a pilot's type from)."""
+        raise NotImplementedError
+
+    def whole(self) -> Callable[[Any], dict[str, Any]]:
+        """The whole model: {input name: batch} → {output name: array}, every output (a pilot
+        with several inputs runs as the car runs it)."""
+        raise NotImplementedError
+
     @property
     def conversions(self) -> int:
         """Conversions this kind made (0 when every one came from the cache)."""

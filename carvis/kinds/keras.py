@@ -9,13 +9,16 @@ fails under ``auto`` falls back to TensorFlow with a note. Gradient modes run on
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from carvis import explain, models, settings
 from carvis.backends import LITERT_HELP, Backend, litert_available
 from carvis.backends import cache as conversion_cache
-from carvis.backends.convert import ConversionError, convert, layer_meta
+from carvis.backends.convert import ConversionError, convert, convert_whole, layer_meta
 from carvis.backends.litert import LayerBackend, LiteRTModel
 from carvis.backends.tensorflow import TensorFlowBackend
 from carvis.errors import CarvisError
@@ -33,6 +36,7 @@ class KerasKind(ModelKind):
     def __init__(self, path: Path, options: KindOptions) -> None:
         super().__init__(path, options)
         self._model: Any = None
+        self._whole: Any = None
         self._built: list[Backend] = []
         if options.backend == "litert" and not litert_available():
             raise CarvisError(f"--backend litert needs ai-edge-litert; {LITERT_HELP}, or use "
@@ -76,6 +80,36 @@ class KerasKind(ModelKind):
         if self._built:
             return tuple(self._built[0].input_shape)
         return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def signature(self) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+        from carvis import donkeytype
+
+        if self._model is None and self.backend_name == "litert" and \
+                not zipfile.is_zipfile(self.path):  # an .h5's config: no TensorFlow
+            return donkeytype.signature_of_h5(self.path)
+        return donkeytype.signature_of_keras(self.model)
+
+    def whole(self) -> Any:
+        """Converted once to LiteRT (cached) with every input and output by name; TensorFlow
+        when it does not convert (an LSTM) or was asked for."""
+        if self._whole is not None:
+            return self._whole
+        if self.backend_name == "litert":
+            sha = self.options.sha256()
+            path = conversion_cache.cache_path(sha, ["@whole"], self.options.lambda_policy)
+            try:
+                data, converted = conversion_cache.get_or_convert(
+                    path, sha, lambda: convert_whole(self.model, self.path.name))
+                self.made.append((path, converted))
+                model = LiteRTModel(data, self.path.name, self.options.num_threads)
+                self._whole = lambda feeds: model(feeds)
+                return self._whole
+            except ConversionError as exc:
+                if self.options.backend != "auto":
+                    raise
+                log.info("note: %s; running the whole model on TensorFlow instead", exc)
+        self._whole = _tf_whole(self.model)
+        return self._whole
 
     def conv_layers(self) -> list[str]:
         meta = self._meta()
@@ -156,3 +190,22 @@ class KerasKind(ModelKind):
                     raise
                 log.info("note: %s; running mode %s on TensorFlow instead", exc, mode)
         return explain.make_explainer(mode, self.model, **kwargs)
+
+
+def _tf_whole(model: Any) -> Any:
+    """The whole Keras model through one tf.function, every input and output by name."""
+    import tensorflow as tf
+
+    names = list(getattr(model, "output_names", None) or [t.name for t in model.outputs])
+    inputs = [t.name.split(":")[0] for t in model.inputs]
+
+    @tf.function(reduce_retracing=True)
+    def run(xs: Any) -> Any:
+        return model(xs if len(xs) > 1 else xs[0], training=False)
+
+    def whole(feeds: Any) -> dict[str, Any]:
+        values = run([tf.constant(feeds[name]) for name in inputs])
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+    return whole

@@ -13,6 +13,7 @@ from typing import Any
 from carvis import explain, models, settings
 from carvis.backends import LITERT_HELP, Backend, litert_available
 from carvis.backends.litert import LayerBackend, load
+from carvis.backends.tflite import read_tflite
 from carvis.errors import CarvisError
 from carvis.kinds.base import KindOptions, ModelKind
 
@@ -33,6 +34,10 @@ class TfliteKind(ModelKind):
         if not litert_available():
             raise CarvisError(f"{path.name}: .tflite models need ai-edge-litert; {LITERT_HELP}")
         self.file = load(path, options.num_threads)
+        if self.file.meta is None:
+            raise CarvisError(f"{path.name}: holds several subgraphs (an LSTM's loop, as "
+                              "DonkeyCar's rnn .tflite does); carvis reads the layers of a "
+                              "one-subgraph file: give the .h5")
         self.facts = explain.facts_from(self.file.meta, path.name, self.file.input_shape,
                                         self.file.output_shapes)
         self._layers: dict[str, Backend] = {}
@@ -43,6 +48,17 @@ class TfliteKind(ModelKind):
 
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.file.input_shape)
+
+    def signature(self) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+        from carvis.donkeytype import signature_of_tflite
+
+        return signature_of_tflite(read_tflite(self.path))
+
+    def whole(self) -> Any:
+        model = self.file
+        _, outputs = self.signature()
+        names = tuple(name for name, _ in outputs if name in model.output_shapes)
+        return lambda feeds: model(feeds, names)
 
     def conv_layers(self) -> list[str]:
         facts = self.facts

@@ -88,7 +88,7 @@ class MapThread:
                     continue
                 seq, frame = item
                 t0 = time.perf_counter()
-                result = self.maker(frame.image)
+                result = self.maker(frame.image, frame.record)
                 done = Map(result, seq, frame.timestamp, time.perf_counter() - t0)
                 with self._cond:
                     self.latest, self._busy = done, False

@@ -31,7 +31,8 @@ def layer_info(index: int, name: str, type_name: str,
                shape: tuple[int | None, ...]) -> LayerInfo:
     """A table row; conv and spatial are worked out from the type and the shape."""
     return LayerInfo(index=index, name=name, type=type_name, output_shape=shape,
-                     is_conv=layerspec.is_conv_type(type_name), is_spatial=len(shape) == 3)
+                     is_conv=layerspec.is_conv_type(type_name),
+                     is_spatial=is_map_shape(type_name, shape))
 
 
 def layer_table(model: keras.Model) -> list[LayerInfo]:
@@ -45,6 +46,14 @@ def type_name(layer: Any) -> str:
     inner = getattr(layer, "layer", None) if type(layer).__name__ == "TimeDistributed" else None
     return f"TimeDistributed({type(inner).__name__})" if inner is not None else \
         type(layer).__name__
+
+
+def is_map_shape(type_name: str, shape: Sequence[Any]) -> bool:
+    """True for a layer that gives a map: (H, W, C), or one per frame of a sequence pilot's
+    window, (T, H, W, C), from a TimeDistributed conv or pool or a 3-D one."""
+    if len(shape) == 3:
+        return True
+    return len(shape) == 4 and ("TimeDistributed" in type_name or "3D" in type_name)
 
 
 def resolve_layer(model: keras.Model, spec: str | int, *,
@@ -73,8 +82,20 @@ def truncated_model(model: keras.Model, layer: keras.layers.Layer | str | int) -
     except (AttributeError, ValueError) as exc:
         raise CarvisError(f"layer {layer.name!r} is used more than once in model {model.name!r} "
                           "and has no single output; pick another layer") from exc
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, output, name=f"{model.name}_to_{layer.name}")
+    return keras.Model(image_input(model), output, name=f"{model.name}_to_{layer.name}")
+
+
+def image_input(model: keras.Model) -> Any:
+    """The model's camera-image input: its only input, else the one with rows, columns and
+    channels (DonkeyCar's memory, imu and behavior pilots take vectors beside it); a layer
+    cut from it must depend on it alone (a conv layer does)."""
+    if len(model.inputs) == 1:
+        return model.inputs[0]
+    images = [t for t in model.inputs if len(t.shape) >= 4]
+    if len(images) != 1:
+        raise CarvisError(f"model {model.name!r} has {len(images)} image inputs among "
+                          f"{len(model.inputs)}; carvis needs one (the camera)")
+    return images[0]
 
 
 def format_layer_table(model: keras.Model) -> str:

@@ -164,7 +164,7 @@ def record(frames: Iterable[Frame], maker: MapMaker, path: str | Path, source: A
         for frame in frames:
             if keep is not None:
                 keep(frame)
-            writer.append(frame, maker(frame.image))
+            writer.append(frame, maker(frame.image, frame.record))
             if progress is not None:
                 progress(1)
     except BaseException:

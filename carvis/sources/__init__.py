@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ __all__ = [
     "open_source",
     "orient",
     "parse_synthetic",
+    "parse_where",
     "running_on_pi",
     "select_frames",
 ]
@@ -125,8 +126,10 @@ def select_frames(frames: Iterable[Frame], fps: float, start: Position | None = 
             yield frame
 
 
-def count_frames(source: Source, start: Position | None, end: Position | None) -> int | None:
-    """How many frames select_frames gives of a source (None when the source cannot say)."""
+def count_frames(source: Source, start: Position | None, end: Position | None,
+                 keep: Callable[[Frame], bool] | None = None) -> int | None:
+    """How many frames select_frames gives of a source, those keep() keeps (None when the
+    source cannot say)."""
     records = getattr(source, "records", None)
     if records is not None:
         first = records[0].get("_timestamp_ms") if records else None
@@ -138,11 +141,11 @@ def count_frames(source: Source, start: Position | None, end: Position | None) -
                 isinstance(first, int | float) else None
             frame = Frame(_NO_IMAGE, position, 0.0, record=record, time=seconds)
             if (start is None or start.reached(frame, fps)) and \
-                    (end is None or not end.reached(frame, fps)):
+                    (end is None or not end.reached(frame, fps)) and (keep is None or keep(frame)):
                 n += 1
         return n
     count = source.frame_count
-    if count is None:
+    if count is None or keep is not None:
         return None
     fps = source.fps
 
@@ -156,6 +159,28 @@ def count_frames(source: Source, start: Position | None, end: Position | None) -
 
 
 _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)
+
+
+def parse_where(texts: Iterable[str] | None) -> Callable[[Frame], bool] | None:
+    """--where KEY=VALUE / KEY!=VALUE (repeatable, all must hold) as a test of a frame's tub
+    record: `--where user/mode=local` keeps the records the pilot drove."""
+    tests = []
+    for text in texts or ():
+        key, sep, value = str(text).partition("!=")
+        if not sep:
+            key, sep, value = str(text).partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise CarvisError(f"--where {text!r} is not KEY=VALUE or KEY!=VALUE; e.g. "
+                              "--where user/mode=local (the records the pilot drove)")
+        tests.append((key.strip(), value.strip(), sep == "="))
+    if not tests:
+        return None
+
+    def keep(frame: Frame) -> bool:
+        record = frame.record or {}
+        return all((str(record.get(key)) == value) == equal for key, value, equal in tests)
+
+    return keep
 
 
 def _said(position: Position) -> str:
