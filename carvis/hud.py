@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 
 import cv2
@@ -86,7 +87,11 @@ def line_tip(layout: PanelLayout, angle: float, throttle: float | None) -> tuple
 class SteeringHud:
     """Recorded and predicted steering in a panel below the picture: a gauge (lines turned by
     the angle, long by the throttle, L and R at its ends), a legend naming the frame (record,
-    time, mode) and both values, and the pilot's bins."""
+    time, mode) and both values, and the pilot's bins. What does not change from frame to
+    frame (the panel, the arc, L and R) is drawn once per picture size and copied."""
+
+    def __init__(self) -> None:
+        self._panels: dict[tuple[int, int, bool], np.ndarray] = {}
 
     def __call__(self, picture: np.ndarray, predicted: Steering | None,
                  recorded: Steering | None = None, caption: str | None = None) -> np.ndarray:
@@ -98,8 +103,13 @@ class SteeringHud:
         h, w = picture.shape[:2]
         out = np.empty((h + layout.height, w, 3), np.uint8)
         out[:h] = picture
-        out[h:] = HUD_PANEL
-        self._gauge(out, layout, predicted, recorded)
+        out[h:] = self._panel(layout, w, bool(bins))
+        thick = max(2, layout.length // 25)
+        if recorded is not None:
+            cv2.line(out, layout.pivot, line_tip(layout, recorded.angle, recorded.throttle),
+                     RECORDED, thick + 2, cv2.LINE_AA)
+        cv2.line(out, layout.pivot, line_tip(layout, predicted.angle, predicted.throttle),
+                 PREDICTED, thick, cv2.LINE_AA)
         rows = [(caption, TEXT)] if caption else []
         if recorded is not None:
             rows.append((label("recorded", recorded), RECORDED))
@@ -111,24 +121,24 @@ class SteeringHud:
             draw_bins(out, values, (x0, y0 + k * band, x1, y0 + (k + 1) * band - 4))
         return out
 
-    @staticmethod
-    def _gauge(out: np.ndarray, layout: PanelLayout, predicted: Steering,
-               recorded: Steering | None) -> None:
-        """The arc the lines sweep, L and R at its ends, and the lines."""
-        cv2.ellipse(out, layout.pivot, (layout.length, layout.length), 0, 270 - MAX_DEGREES,
-                    270 + MAX_DEGREES, HUD_OUTLINE, 1, cv2.LINE_AA)
-        scale = layout.scale * 0.8
-        for text, side in (("L", -1.0), ("R", 1.0)):
-            x, y = line_tip(dataclasses.replace(layout, length=layout.length + 3), side, None)
-            tw = cv2.getTextSize(text, FONT, scale, 1)[0][0]
-            cv2.putText(out, text, (x - tw if side < 0 else x, y), FONT, scale, HUD_OUTLINE, 1,
-                        cv2.LINE_AA)
-        thick = max(2, layout.length // 25)
-        if recorded is not None:
-            cv2.line(out, layout.pivot, line_tip(layout, recorded.angle, recorded.throttle),
-                     RECORDED, thick + 2, cv2.LINE_AA)
-        cv2.line(out, layout.pivot, line_tip(layout, predicted.angle, predicted.throttle),
-                 PREDICTED, thick, cv2.LINE_AA)
+    def _panel(self, layout: PanelLayout, width: int, bins: bool) -> np.ndarray:
+        """The panel with the arc and L and R on it, drawn once per size."""
+        key = (layout.height, width, bins)
+        panel = self._panels.get(key)
+        if panel is None:
+            canvas = np.empty((layout.top + layout.height, width, 3), np.uint8)
+            canvas[layout.top:] = HUD_PANEL
+            cv2.ellipse(canvas, layout.pivot, (layout.length, layout.length), 0,
+                        270 - MAX_DEGREES, 270 + MAX_DEGREES, HUD_OUTLINE, 1, cv2.LINE_AA)
+            scale = layout.scale * 0.8
+            for text, side in (("L", -1.0), ("R", 1.0)):
+                x, y = line_tip(dataclasses.replace(layout, length=layout.length + 3), side,
+                                None)
+                tw = cv2.getTextSize(text, FONT, scale, 1)[0][0]
+                cv2.putText(canvas, text, (x - tw if side < 0 else x, y), FONT, scale,
+                            HUD_OUTLINE, 1, cv2.LINE_AA)
+            panel = self._panels[key] = canvas[layout.top:].copy()
+        return panel
 
 
 def legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]], x: int, top: int,
@@ -137,13 +147,18 @@ def legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]], x: int
     if not rows:
         return
     row_h = height / max(3.4, len(rows) + 0.4)
-    scale = text_scale(row_h)
-    widest = max(cv2.getTextSize(text, FONT, scale, 1)[0][0] for text, _ in rows)
-    if widest > right - x > 0:
-        scale *= (right - x) / widest
+    scale = _fitted_scale(text_scale(row_h), max(len(text) for text, _ in rows), right - x)
     for k, (text, color) in enumerate(rows):
         y = top + round(row_h * (k + 1))
         cv2.putText(out, text, (x, y), FONT, scale, color, 1, cv2.LINE_AA)
+
+
+@functools.lru_cache(maxsize=64)
+def _fitted_scale(scale: float, chars: int, room: int) -> float:
+    """The font scale at which a row of this many characters fits the room (measured on the
+    widest characters a legend has, so the scale stays put from frame to frame)."""
+    widest = cv2.getTextSize("0" * chars, FONT, scale, 1)[0][0]
+    return scale * room / widest if widest > room > 0 else scale
 
 
 # --------------------------------------------------------------------------- the strip chart

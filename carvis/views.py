@@ -7,6 +7,7 @@ Pure functions on numpy arrays, drawn with OpenCV; no matplotlib.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -167,11 +168,15 @@ def filter_images(kernel: np.ndarray, cell: int = 48, rgb: bool = False,
 # --------------------------------------------------------------------------- bins
 
 
+@functools.lru_cache(maxsize=32)
 def bin_boxes(box: tuple[int, int, int, int], n: int, gap: int = 2
               ) -> tuple[tuple[int, int, int, int], ...]:
     """n boxes of equal width side by side, centred in box (x0, y0, x1, y1, inclusive)."""
     x0, y0, x1, y1 = box
-    box_w = max(3, min(48, (x1 - x0 + 1 - (n - 1) * gap) // max(n, 1)))
+    room = x1 - x0 + 1
+    if n * 3 + (n - 1) * gap > room:  # many bins in a narrow panel: thinner gaps, then boxes
+        gap = max(0, min(gap, (room - 2 * n) // max(n - 1, 1)))
+    box_w = max(1, min(48, (room - (n - 1) * gap) // max(n, 1)))
     total = n * box_w + (n - 1) * gap
     left = x0 + (x1 - x0 + 1 - total) // 2
     return tuple((left + i * (box_w + gap), y0, left + i * (box_w + gap) + box_w - 1, y1)
@@ -183,22 +188,50 @@ def bin_fill_rows(value: float, box_h: int) -> int:
     return round(min(max(float(value), 0.0), 1.0) * box_h)
 
 
+@functools.lru_cache(maxsize=32)
+def _bar(box: tuple[int, int, int, int], n: int
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The bar's columns: each column's bin (-1 in a gap), each box's outline as a mask over
+    the bar, every outline, and the bar's left and right columns."""
+    boxes = bin_boxes(box, n)
+    left, right = boxes[0][0], boxes[-1][2]
+    y0, y1 = box[1], box[3]
+    column = np.full(right - left + 1, -1, np.int64)
+    outline = np.zeros((n, y1 - y0 + 1, right - left + 1), bool)
+    for i, (bx0, _, bx1, _) in enumerate(boxes):
+        column[bx0 - left:bx1 - left + 1] = i
+        edge = outline[i]
+        edge[0, bx0 - left:bx1 - left + 1] = edge[-1, bx0 - left:bx1 - left + 1] = True
+        edge[:, bx0 - left] = edge[:, bx1 - left] = True
+    return column, outline, outline.any(axis=0), left, right
+
+
 def draw_bins(canvas: np.ndarray, values: np.ndarray, box: tuple[int, int, int, int],
               softmax: bool = True) -> np.ndarray:
-    """Bins as a bar in box (in place): fill ∝ probability, the argmax highlighted."""
+    """Bins as a bar in box (in place): fill ∝ probability, the argmax highlighted. Drawn
+    with numpy over the whole bar at once (35 bins of a DonkeyCar categorical pilot cost
+    70 rectangle calls a frame otherwise)."""
     v = np.asarray(values, np.float64).reshape(-1)
     if not softmax:  # logits: show them as probabilities
         e = np.exp(v - v.max())
         v = e / e.sum()
     best = int(np.argmax(v))
-    for i, (bx0, by0, bx1, by1) in enumerate(bin_boxes(box, len(v))):
-        rows = bin_fill_rows(v[i], by1 - by0 + 1)
-        color = HUD_ARGMAX if i == best else HUD_BIN
-        if rows > 0:
-            cv2.rectangle(canvas, (bx0, by1 - rows + 1), (bx1, by1), color, cv2.FILLED)
-        cv2.rectangle(canvas, (bx0, by0), (bx1, by1), HUD_ARGMAX if i == best else HUD_OUTLINE,
-                      1)
+    column, outline, outlines, left, right = _bar(box, len(v))
+    y0, y1 = box[1], box[3]
+    h = y1 - y0 + 1
+    rows = np.rint(np.clip(v, 0.0, 1.0) * h).astype(np.int64)
+    height = np.where(column >= 0, rows[column], 0)
+    # One colour index per pixel of the bar (0 leaves the canvas), one masked copy.
+    index = (np.arange(h)[:, None] >= h - height[None, :]).astype(np.uint8)
+    index[:, column == best] *= 2
+    index[outlines] = 3
+    index[outline[best]] = 2
+    region = canvas[y0:y1 + 1, left:right + 1]
+    np.copyto(region, _PALETTE[index], where=(index > 0)[:, :, None])
     return canvas
+
+
+_PALETTE = np.array([(0, 0, 0), HUD_BIN, HUD_ARGMAX, HUD_OUTLINE], np.uint8)
 
 
 # --------------------------------------------------------------------------- side by side

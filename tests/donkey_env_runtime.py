@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("LOGLEVEL", "WARNING")  # before donkeycar is imported: it reads it then
 repo, root = sys.argv[1], sys.argv[2]
@@ -48,8 +49,17 @@ for kind in ("linear", "categorical", "inferred", "memory", "imu", "behavior", "
             seen["error"] = seen["error"] or f"{type(exc).__name__}: {exc}"
     result["pilots"][kind] = seen
 tub.close()
+out_dir = tempfile.mkdtemp(prefix="carvis-env-")
 layers = subprocess.run([sys.executable, "-m", "carvis.cli", "layers",
-                         os.path.join(root, "pilots", "linear.tflite")],
+                         os.path.join(root, "pilots", "imu.tflite")],
                         capture_output=True, text=True, check=False)
-result["layers"] = [layers.returncode, layers.stderr.strip().splitlines()[-1:]]
+result["layers"] = [layers.returncode, [line for line in layers.stdout.splitlines()
+                                        if " conv:" in line], layers.stderr.strip()]
+# the whole of carvis there: a several-input pilot rendered over the tub, the car's config
+render = subprocess.run([sys.executable, "-m", "carvis.cli", "render",
+                         os.path.join(root, "tub"), "-o", os.path.join(out_dir, "imu.mp4"),
+                         "--model", os.path.join(root, "pilots", "imu.tflite"), "--config",
+                         os.path.join(root, "car", "config.py"), "-q"],
+                        capture_output=True, text=True, check=False)
+result["render"] = [render.returncode, render.stderr.strip().splitlines()]
 print(json.dumps(result))

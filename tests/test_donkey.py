@@ -24,7 +24,6 @@ vehicle = pytest.importorskip(
 dk_keras = pytest.importorskip("donkeycar.parts.keras", reason="DonkeyCar's pilots need TF")
 from donkeycar.utils import linear_unbin, normalize_image
 
-from carvis import hud
 from carvis.donkey import OverlayPart, PilotOverlayPart
 from carvis.synthetic import SyntheticTrack
 
@@ -109,11 +108,9 @@ def test_pilot_part_gives_the_overlay_and_the_pilots_own_values_from_one_invoke(
     assert len(collector.seen) == FRAMES and len(calls) == FRAMES, "one invoke per frame"
     for sent, (image, overlay, angle, throttle) in zip(camera.sent, collector.seen, strict=True):
         np.testing.assert_array_equal(image, sent)  # the camera's frame is not drawn on
-        # the frame with the overlay, and the steering panel below it
-        panel = hud.panel_layout(sent.shape, bins=kind == "categorical")
-        assert overlay.shape == (sent.shape[0] + panel.height, *sent.shape[1:])
-        assert overlay.dtype == np.uint8
-        assert (overlay[:sent.shape[0]] != sent).any(), "the overlay is on the frame"
+        # the frame with the overlay (the steering panel is the part's hud=True)
+        assert overlay.shape == sent.shape and overlay.dtype == np.uint8
+        assert (overlay != sent).any(), "the overlay is on the frame"
         want_angle, want_throttle = own_prediction(model, kind, sent)
         assert angle == pytest.approx(want_angle, abs=1e-4)
         assert throttle == pytest.approx(want_throttle, abs=1e-4)
@@ -143,6 +140,13 @@ def test_pilot_part_without_hud_draws_only_the_overlay(donkey_model):
     np.testing.assert_array_equal(overlay, plain.run(image))
     assert angle is not None
     assert quiet.run(None) == (None, None, None)
+    # hud=True: the frame with the overlay, the steering panel below it
+    shown = PilotOverlayPart(path, layer=LAYER, backend="litert", hud=True)
+    with_hud, hud_angle, _ = shown.run(image)
+    panel = hud.panel_layout(image.shape, bins=quiet.steering.angle_bins is not None)
+    assert with_hud.shape == (image.shape[0] + panel.height, *image.shape[1:])
+    np.testing.assert_array_equal(with_hud[:image.shape[0]], overlay)
+    assert hud_angle == angle
 
 
 # -- the bins: DonkeyCar's linear_unbin is the reference ------------------------------------

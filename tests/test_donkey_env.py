@@ -24,7 +24,8 @@ def _donkey_env(tmp_path, name: str, *runtime: str):
     venv.create(env, with_pip=True)
     _pip(env, "donkeycar==5.3.0", "opencv-contrib-python==4.9.0.80", *runtime, "numpy<2")
     _pip(env, "--no-deps", "-e", str(REPO))
-    _pip(env, "-c", str(REPO / "constraints" / "donkeycar.txt"), "pyyaml", "tqdm", "h5py", "av")
+    _pip(env, "-c", str(REPO / "constraints" / "donkeycar.txt"), "pyyaml", "tqdm", "h5py", "av",
+         "flatbuffers")
     return env
 
 
@@ -97,7 +98,10 @@ def test_on_the_pis_tflite_runtime_carvis_gives_donkeycars_own_pilot_values(tmp_
         np.testing.assert_allclose(seen["carvis"], seen["donkeycar"], rtol=0, atol=1e-6,
                                    err_msg=kind)
     assert result["pilots"]["behavior"]["pilot"] == "KerasBehavioral"
-    # what carvis cannot do there yet: read a .tflite's layers (tflite-runtime has no schema)
-    assert result["layers"] == [2, [("carvis: error: linear.tflite: reading a .tflite's layers "
-                                     "needs the TFLite schema, which tflite-runtime does not "
-                                     "ship; pip install ai-edge-litert")]]
+    # carvis reads the layers there too (it ships the TFLite schema tflite-runtime lacks) and
+    # renders a several-input pilot with the car's config
+    code, convs, err = result["layers"]
+    assert code == 0 and len(convs) == 5 and "conv:5" in convs[-1], err
+    code, lines = result["render"]
+    assert code == 0, lines
+    assert any("recorded vs predicted angle over 8 records" in line for line in lines), lines

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from carvis import explain, models, settings
-from carvis.backends import LITERT_HELP, Backend, litert_available
+from carvis.backends import LITERT_HELP, Backend, litert_available, litert_runtime
 from carvis.backends import cache as conversion_cache
 from carvis.backends.convert import ConversionError, convert, convert_whole, layer_meta
 from carvis.backends.litert import LayerBackend, LiteRTModel
@@ -39,10 +39,13 @@ class KerasKind(ModelKind):
         self._whole: Any = None
         self._built: list[Backend] = []
         if options.backend == "litert" and not litert_available():
-            raise CarvisError(f"--backend litert needs ai-edge-litert; {LITERT_HELP}, or use "
+            raise CarvisError(f"--backend litert needs a LiteRT runtime; {LITERT_HELP}, or use "
                               "--backend tensorflow")
+        # auto: converted to LiteRT where a LiteRT runtime of its own is installed; with only
+        # TensorFlow the model runs on TensorFlow itself (its tf.lite would add a conversion
+        # and buy nothing).
         if options.backend == "tensorflow" or (options.backend == "auto"
-                                               and not litert_available()):
+                                               and litert_runtime() in (None, "tensorflow")):
             self.backend_name = "tensorflow"
             _ = self.model  # load now: a bad model file fails before any frame is read
         else:
