@@ -24,6 +24,7 @@ vehicle = pytest.importorskip(
 dk_keras = pytest.importorskip("donkeycar.parts.keras", reason="DonkeyCar's pilots need TF")
 from donkeycar.utils import linear_unbin, normalize_image
 
+from carvis import hud
 from carvis.donkey import OverlayPart, PilotOverlayPart
 from carvis.synthetic import SyntheticTrack
 
