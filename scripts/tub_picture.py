@@ -29,7 +29,7 @@ from carvis.session import ModelSession
 from carvis.sources import TubSource
 from carvis.synthetic import SyntheticTrack
 
-SIZE = (320, 240)  # twice DonkeyCar's default camera, so the labels read in a README
+SIZE = (160, 120)  # DonkeyCar's default camera: carvis scales it x4 and draws at 640 wide
 SEED = 8
 HZ = 20.0
 MAX_BYTES = 200_000
@@ -60,7 +60,8 @@ def picture(tub: Path) -> tuple[object, str]:
     source = TubSource(tub)
     profile = prof.load(prof.DEFAULT_PROFILE).replace(hud=True)
     chart = hud.StripChart(CHART_SECONDS, source.fps)
-    renderer = pipeline.make_renderer(ModelSession(profile.model), profile, chart)
+    renderer = pipeline.make_renderer(ModelSession(profile.model), profile, chart, scale=None,
+                                      fps=source.fps)
     best, best_error = None, -1.0
     for frame in source:
         out = renderer.render(frame)
