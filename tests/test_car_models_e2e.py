@@ -50,7 +50,7 @@ def test_render_with_only_model_and_layer(kind, second_conv, car_models, track_f
     case = car_models[kind]
     out = tmp_path / "out"
     code = cli.main(["render", str(track_frames), "-o", str(out), "--quiet",
-                     "--model", str(case.path), "--layer", "conv:2"])
+                     "--model", str(case.path), "--layer", "conv:2", "--scale", "1"])
     assert code == 0
     frames = sorted(out.glob("*.png"))
     assert len(frames) == 3

@@ -42,7 +42,9 @@ PROFILE = REPO / "models" / "default.yaml"
 def scene_frames(n: int, size: tuple[int, int] = (320, 240)) -> list[np.ndarray]:
     """n frames of carvis' synthetic track, BGR."""
     track = SyntheticTrack(*size, seed=7)
-    return [track.frame(k) for k in range(n)]
+    # every 6th frame of the track: neighbours distinct enough that a lossy sink's frame is
+    # still nearest its own picture
+    return [track.frame(6 * k) for k in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +127,15 @@ def references(kind: str, source: Path, view: str, backend: str, tmp: Path
 
 
 def closest(picture: np.ndarray, candidates: list[np.ndarray]) -> int:
-    """The index of the candidate nearest the picture (mean absolute difference)."""
-    errors = [np.abs(picture.astype(np.int16) - c.astype(np.int16)).mean()
-              if c.shape == picture.shape else np.inf for c in candidates]
-    return int(np.argmin(errors))
+    """The index of the candidate nearest the picture (mean absolute difference); H.264 pads
+    an odd height or width by one row or column, which is left out."""
+    def error(c: np.ndarray) -> float:
+        h, w = c.shape[:2]
+        if picture.shape[0] - h not in (0, 1) or picture.shape[1] - w not in (0, 1):
+            return np.inf
+        return float(np.abs(picture[:h, :w].astype(np.int16) - c.astype(np.int16)).mean())
+
+    return int(np.argmin([error(c) for c in candidates]))
 
 
 @pytest.mark.parametrize("backend", ["litert", "tensorflow"])

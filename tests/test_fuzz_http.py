@@ -123,8 +123,8 @@ def servers(tmp_path_factory):
         mp.setattr(carvis_http, "HEADER_TIMEOUT", 1.0)
         session, profile = fakes.session_and_profile(tmp)
         source = fakes.StillSource(fakes.test_image(), fps=15)
-        runner = live.LiveRunner(source, pipeline.Renderer(session, profile),
-                                 live.LiveOptions(serve=("127.0.0.1", 0), token=TOKEN["live"]))
+        runner = live.build(source, pipeline.make_renderer(session, profile),
+                            live.LiveOptions(serve=("127.0.0.1", 0), token=TOKEN["live"]))
         runner.start()
         fakes.wait_until(lambda: runner.server.broadcast.latest()[0] > 0, what="a first frame")
         model, profile = fakes.model_and_profile(tmp)

@@ -49,9 +49,9 @@ class Calls:
         self.n = 0
         real = maps.MapMaker.__call__
 
-        def counted(maker, image):
+        def counted(maker, image, record=None):
             self.n += 1
-            return real(maker, image)
+            return real(maker, image, record)
         mp.setattr(maps.MapMaker, "__call__", counted)
 
 
