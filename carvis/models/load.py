@@ -69,6 +69,7 @@ def _with_suffix(path: Path, suffix: str) -> Iterator[Path]:
 
 
 def _load_keras_archive(path: Path, lambda_policy: str) -> keras.Model:
+    files.check_archive(path)
     lambdas = keras3.lambdas_in(path, "keras")
     if lambdas:
         return _load_keras3_identity(path, "keras", lambdas, lambda_policy)
@@ -135,6 +136,7 @@ def _as_functional(model: Any, path: Path) -> keras.Model:
 def _load_h5(path: Path, lambda_policy: str) -> keras.Model:
     with files.open_h5(path) as h5:
         header = files.read_header(path, h5)
+        files.check_h5(path, h5)
         if header.dialect == "keras3":
             lambdas = keras3.lambdas_in(path, "h5")
             if lambdas:
