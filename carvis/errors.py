@@ -28,9 +28,10 @@ def shown(value: Any) -> str:
     """A value as an error quotes it: its repr, cut short (a deep list or a 400-digit number
     from a file or a request stays one short line)."""
     try:
-        return _SHOWN.repr(value)
+        text = _SHOWN.repr(value)
     except (ValueError, RecursionError):  # an int past Python's 4300-digit str limit
         return f"<{type(value).__name__}>"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def first_line(exc: BaseException) -> str:

@@ -35,11 +35,11 @@ def load_model(path: str | os.PathLike, *, lambda_policy: str = "error") -> kera
         raise CarvisError(f"lambda policy {lambda_policy!r} is not one of "
                           f"{', '.join(LAMBDA_POLICIES)}; pass --lambda error or --lambda identity")
     p = Path(path)
-    if not files.is_tflite(p):
-        from carvis.tfquiet import import_tensorflow
+    kind = files.model_kind(p)  # a missing, non-regular or .tflite file: refused before TF
+    from carvis.tfquiet import import_tensorflow
 
-        import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
-    if files.model_kind(p) == "keras":
+    import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
+    if kind == "keras":
         return _load_keras_archive(p, lambda_policy)
     return _load_h5(p, lambda_policy)
 
