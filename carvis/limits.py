@@ -10,6 +10,8 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
 from typing import Any
 
 from carvis.errors import CarvisError
@@ -143,3 +145,60 @@ def dataset_storage(dataset: Any) -> str:
     if dataset.is_virtual:
         return "is a virtual dataset (its data is in other files)"
     return ""
+
+
+#: How long reading an HDF5 file in the probe may take: a whole car model reads in well under
+#: a second, a 1 GiB map track in a few.
+HDF5_PROBE_SECONDS = 30.0
+
+# Reads every attribute, link and dataset of an HDF5 file (a .keras member: from the zip), the
+# way the loaders will; data only while the declared total is under the cap.
+_PROBE = """
+import io, sys, zipfile
+import h5py
+path, member, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+src = io.BytesIO(zipfile.ZipFile(path).read(member)) if member else path
+total = 0
+with h5py.File(src, "r") as f:
+    def visit(name, link):
+        global total
+        obj = f.get(name) if isinstance(link, h5py.HardLink) else None
+        if obj is None:
+            return None
+        for key in obj.attrs:
+            obj.attrs[key]
+        if isinstance(obj, h5py.Dataset) and not obj.external and not obj.is_virtual:
+            total += obj.size * obj.dtype.itemsize
+            if total > limit:
+                return True
+            obj[()]
+        return None
+    for key in f.attrs:
+        f.attrs[key]
+    f.visititems_links(visit)
+"""
+_probed: set[tuple] = set()
+
+
+def probe_hdf5(path: str | os.PathLike, what: str, member: str = "",
+               limit: int = MAX_MODEL_BYTES) -> None:
+    """Read an HDF5 file once in a child process before carvis opens it: on some damaged
+    files the HDF5 library loops forever or crashes, and neither can be stopped from Python.
+    One line if the child does not finish; its other errors are left to the real read."""
+    info = os.stat(path)
+    key = (os.fspath(path), member, info.st_size, info.st_mtime_ns)
+    if key in _probed:
+        return
+    command = [sys.executable, "-c", _PROBE, os.fspath(path), member, str(limit)]
+    where = f"{str(path)!r}" + (f" ({member})" if member else "")
+    try:
+        proc = subprocess.run(command, capture_output=True, timeout=HDF5_PROBE_SECONDS,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise CarvisError(f"{what} {where}: the HDF5 library did not finish reading it in "
+                          f"{HDF5_PROBE_SECONDS:.0f} s (it loops on some damaged files); the "
+                          "file is damaged: copy it again") from None
+    if proc.returncode < 0:
+        raise CarvisError(f"{what} {where}: the HDF5 library crashed reading it (signal "
+                          f"{-proc.returncode}); the file is damaged: copy it again")
+    _probed.add(key)

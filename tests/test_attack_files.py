@@ -504,6 +504,23 @@ def test_20_12_deeply_nested_hdf5_config_is_one_line(tmp_path, keras_model):
     assert refusal(config_table.layer_table_from_file, path) == message
 
 
+def test_20_12_an_hdf5_file_the_library_loops_on_is_refused_not_hung(tmp_path, monkeypatch):
+    """9 bytes inserted into a Keras 2 .h5's model_config: HDF5 1.14 then spins forever reading
+    its attributes, out of Python's reach; the probe child is stopped instead."""
+    from test_fuzz_files import tiny_pilot_h5
+
+    from carvis import models
+
+    pytest.importorskip("tf_keras")
+    data = tiny_pilot_h5(tmp_path / "pilot.h5").read_bytes()
+    path = tmp_path / "loops.h5"
+    path.write_bytes(data[:2874] + b"k\xcb\x8f\xae\x16f\x02\xd2\x1c" + data[2874:])
+    monkeypatch.setattr(limits, "HDF5_PROBE_SECONDS", 3.0)
+    assert refusal(models.load_model, path) == (
+        f"model {str(path)!r}: the HDF5 library did not finish reading it in 3 s (it loops on "
+        "some damaged files); the file is damaged: copy it again")
+
+
 def test_20_12_deeply_nested_yaml_is_one_line(tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("threshold: " + "[" * 50_000 + "]" * 50_000 + "\n")

@@ -174,6 +174,8 @@ def read_meta(data: bytes) -> LayerMeta | None:
 #: Bytes per element of each TFLite tensor type (TensorType's values); others count 16.
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 1, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16,
              12: 8, 15: 4, 16: 2, 17: 1, 18: 2, 19: 1, 20: 1, 21: 1, 22: 1}
+#: Types whose constant data is exactly elements x itemsize (not strings, not packed 4/2-bit).
+_EXACT = frozenset(_ITEMSIZE) - {5, 17, 19, 20}
 
 
 def damaged(source: str, exc: BaseException) -> CarvisError:
@@ -184,8 +186,9 @@ def damaged(source: str, exc: BaseException) -> CarvisError:
 
 def check_flatbuffer(data: bytes, source: str) -> None:
     """Walk a .tflite's graph before LiteRT is given it: one line if the flatbuffer cannot
-    be read, its tensors declare more than limits.MAX_MODEL_BYTES (LiteRT would allocate
-    them), or it keeps weights in other files."""
+    be read, an index points outside its table, a constant's data does not fit its shape
+    (LiteRT's kernels would read past it), its tensors declare more than
+    limits.MAX_MODEL_BYTES (LiteRT would allocate them), or it keeps weights in other files."""
     generated = schema()
     try:
         model = generated.Model.GetRootAs(data, 0)
@@ -196,21 +199,84 @@ def check_flatbuffer(data: bytes, source: str) -> None:
             raise ValueError("no subgraph")
         total = 0
         for i in range(model.SubgraphsLength()):
-            sub = model.Subgraphs(i)
-            for t in range(sub.TensorsLength()):
-                tensor = sub.Tensors(t)
-                shape = tensor.ShapeAsNumpy()
-                dims = [] if isinstance(shape, int) else [int(d) for d in shape]
-                if any(d < 0 for d in dims):
-                    raise ValueError(f"tensor {t} has shape {dims}")
-                total += math.prod(dims) * _ITEMSIZE.get(tensor.Type(), 16)
-                if total > limits.MAX_MODEL_BYTES:
-                    raise CarvisError(
-                        f"{source}: the .tflite's tensors declare more than "
-                        f"{limits.size_text(limits.MAX_MODEL_BYTES)} (tensor {t} has shape "
-                        f"{tuple(dims)}); the file is damaged, or not a car's model")
+            total += _check_subgraph(model, model.Subgraphs(i), source, total)
     except DAMAGED as exc:
         raise damaged(source, exc) from None
+
+
+def _check_subgraph(model: Any, sub: Any, source: str, total: int) -> int:
+    """One subgraph's indices and constants checked; the bytes its tensors declare."""
+    tensors, buffers = sub.TensorsLength(), model.BuffersLength()
+
+    def indices(values: Any, what: str, optional: bool = False) -> None:
+        for v in ([] if isinstance(values, int) else values.tolist()):
+            if not (0 <= v < tensors or (optional and v == -1)):
+                raise ValueError(f"{what} names tensor {v} of {tensors}")
+
+    def listed(values: Any) -> list[int]:
+        return [] if isinstance(values, int) else values.tolist()
+
+    inputs, ops = listed(sub.InputsAsNumpy()), [sub.Operators(k)
+                                                for k in range(sub.OperatorsLength())]
+    indices(sub.InputsAsNumpy(), "an input")
+    indices(sub.OutputsAsNumpy(), "an output")
+    produced: set[int] = set()
+    for k, op in enumerate(ops):
+        if op.OpcodeIndex() >= model.OperatorCodesLength():
+            raise ValueError(f"op {k} has operator code {op.OpcodeIndex()}")
+        indices(op.InputsAsNumpy(), f"op {k}", optional=True)
+        indices(op.OutputsAsNumpy(), f"op {k}")
+        produced.update(listed(op.OutputsAsNumpy()))
+    if produced & set(inputs):
+        raise ValueError(f"graph input {sorted(produced & set(inputs))} is an op's output")
+    for t in listed(sub.OutputsAsNumpy()):
+        if t not in produced and t not in inputs and not _data_size(model, sub.Tensors(t)):
+            raise ValueError(f"graph output {t} is made by no op")
+    # What an op reads that no op makes and the graph is not given must be a constant.
+    for k, op in enumerate(ops):
+        for t in listed(op.InputsAsNumpy()):
+            tensor = sub.Tensors(t) if t >= 0 else None
+            if tensor is not None and t not in produced and t not in inputs and \
+                    not tensor.IsVariable() and _elements(tensor) and \
+                    not _data_size(model, tensor):
+                raise ValueError(f"op {k} reads tensor {t}, which has no data")
+    declared = 0
+    for t in range(tensors):
+        tensor = sub.Tensors(t)
+        dims = _dims(tensor)
+        if any(d < 0 for d in dims):
+            raise ValueError(f"tensor {t} has shape {dims}")
+        size = math.prod(dims) * _ITEMSIZE.get(tensor.Type(), 16)
+        declared += size
+        if total + declared > limits.MAX_MODEL_BYTES:
+            raise CarvisError(f"{source}: the .tflite's tensors declare more than "
+                              f"{limits.size_text(limits.MAX_MODEL_BYTES)} (tensor {t} has "
+                              f"shape {tuple(dims)}); the file is damaged, or not a car's model")
+        b = tensor.Buffer()
+        if b >= buffers:
+            raise ValueError(f"tensor {t} has buffer {b} of {buffers}")
+        held = _data_size(model, tensor)
+        if held and tensor.Type() in _EXACT and tensor.Sparsity() is None and held != size:
+            raise ValueError(f"tensor {t} of shape {tuple(dims)} holds {held} bytes")
+    return declared
+
+
+def _dims(tensor: Any) -> list[int]:
+    shape = tensor.ShapeAsNumpy()
+    return [] if isinstance(shape, int) else [int(d) for d in shape]
+
+
+def _elements(tensor: Any) -> int:
+    return math.prod(max(d, 0) for d in _dims(tensor))
+
+
+def _data_size(model: Any, tensor: Any) -> int:
+    """The bytes of constant data a tensor's buffer holds (0: none; buffer 0 is empty)."""
+    b = tensor.Buffer()
+    if not 0 < b < model.BuffersLength():
+        return 0
+    buffer = model.Buffers(b)
+    return buffer.DataLength() or buffer.Size()
 
 
 def read_tflite(path: str | os.PathLike) -> bytes:

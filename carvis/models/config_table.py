@@ -36,7 +36,8 @@ def layer_table_from_file(path: str | os.PathLike) -> list[LayerInfo]:
                 for index, name in enumerate(keras_order(graph))]
     except CarvisError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            RecursionError) as exc:
         # A config of the wrong types, or a graph too long to walk: the file's, not carvis'.
         raise CarvisError(f"{p}: cannot read the model's layers from its config "
                           f"({type(exc).__name__}: {first_line(exc)}); re-save the model"

@@ -83,7 +83,9 @@ def attr_text(value: Any) -> str:
 
 
 def open_h5(path: Path) -> h5py.File:
-    """The HDF5 file opened for reading, or one line saying it is damaged."""
+    """The HDF5 file opened for reading (read once in a probe first), or one line saying it
+    is damaged."""
+    limits.probe_hdf5(path, "model")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -97,7 +99,7 @@ def read_header(path: Path, h5: h5py.File) -> H5Header:
         version = attr_text(h5.attrs.get("keras_version"))
         backend = attr_text(h5.attrs.get("backend"))
         weights_only = "layer_names" in h5.attrs or "model_weights" in h5
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise corrupt(path, exc) from exc
     if not raw_config:
         if weights_only:
@@ -159,6 +161,7 @@ def check_archive(path: Path) -> None:
                     f"more than carvis loads ({limits.size_text(limits.MAX_MODEL_BYTES)}); {hint}")
             for member in members:
                 if member.filename.endswith(".h5"):
+                    limits.probe_hdf5(path, "model", member.filename)
                     with archive.open(member) as fh, h5py.File(fh, "r") as h5:
                         check_h5(path, h5, f" ({member.filename})")
     except CarvisError:
