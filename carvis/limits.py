@@ -151,27 +151,25 @@ def dataset_storage(dataset: Any) -> str:
 #: a second, a 1 GiB map track in a few.
 HDF5_PROBE_SECONDS = 30.0
 
-# Reads every attribute, link and dataset of an HDF5 file (a .keras member: from the zip), the
-# way the loaders will; data only while the declared total is under the cap.
+# Reads every attribute, link and dataset header of an HDF5 file (a .keras member: from the
+# zip) and walks each chunked dataset's chunk index, the way the loaders will; no data (a file
+# can declare millions of chunks: the size checks after the probe refuse those).
 _PROBE = """
 import io, sys, zipfile
 import h5py
-path, member, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, member = sys.argv[1], sys.argv[2]
 src = io.BytesIO(zipfile.ZipFile(path).read(member)) if member else path
-total = 0
 with h5py.File(src, "r") as f:
     def visit(name, link):
-        global total
         obj = f.get(name) if isinstance(link, h5py.HardLink) else None
         if obj is None:
             return None
         for key in obj.attrs:
             obj.attrs[key]
-        if isinstance(obj, h5py.Dataset) and not obj.external and not obj.is_virtual:
-            total += obj.size * obj.dtype.itemsize
-            if total > limit:
-                return True
-            obj[()]
+        if isinstance(obj, h5py.Dataset):
+            obj.shape, obj.dtype, obj.chunks, obj.compression, obj.external
+            if obj.chunks:
+                obj.id.get_num_chunks()
         return None
     for key in f.attrs:
         f.attrs[key]
@@ -180,8 +178,7 @@ with h5py.File(src, "r") as f:
 _probed: set[tuple] = set()
 
 
-def probe_hdf5(path: str | os.PathLike, what: str, member: str = "",
-               limit: int = MAX_MODEL_BYTES) -> None:
+def probe_hdf5(path: str | os.PathLike, what: str, member: str = "") -> None:
     """Read an HDF5 file once in a child process before carvis opens it: on some damaged
     files the HDF5 library loops forever or crashes, and neither can be stopped from Python.
     One line if the child does not finish; its other errors are left to the real read."""
@@ -189,7 +186,7 @@ def probe_hdf5(path: str | os.PathLike, what: str, member: str = "",
     key = (os.fspath(path), member, info.st_size, info.st_mtime_ns)
     if key in _probed:
         return
-    command = [sys.executable, "-c", _PROBE, os.fspath(path), member, str(limit)]
+    command = [sys.executable, "-c", _PROBE, os.fspath(path), member]
     where = f"{str(path)!r}" + (f" ({member})" if member else "")
     try:
         proc = subprocess.run(command, capture_output=True, timeout=HDF5_PROBE_SECONDS,

@@ -482,6 +482,49 @@ def test_20_12_flipped_tflite_bytes_are_one_line(tmp_path):
     assert refused >= 40  # the header and graph tables: many flips break it
 
 
+def repacked(path: Path, edit) -> Path:
+    """The default .tflite with edit(model, subgraph, a constant tensor) applied, packed again."""
+    import flatbuffers
+
+    model = tflite.schema().ModelT.InitFromPackedBuf(bytearray(TFLITE.read_bytes()), 0)
+    sub = model.subgraphs[0]
+    constant = next(t for t in sub.tensors if t.buffer and model.buffers[t.buffer].data
+                    is not None and len(model.buffers[t.buffer].data))
+    edit(model, sub, constant)
+    builder = flatbuffers.Builder(8192)
+    builder.Finish(model.Pack(builder), file_identifier=tflite.TFLITE_MAGIC)
+    path.write_bytes(bytes(builder.Output()))
+    return path
+
+
+def _orphan_output(model, sub, constant) -> None:
+    orphan = tflite.schema().TensorT()
+    orphan.shape, orphan.type, orphan.buffer, orphan.name = np.array([1, 4]), 0, 0, "x"
+    sub.tensors.append(orphan)
+    sub.outputs = np.array([len(sub.tensors) - 1], np.int32)
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda m, s, c: setattr(c, "shape", np.array([*c.shape[:-1], c.shape[-1] * 2])),
+     r"ValueError: tensor \d+ of shape \(.*\) holds \d+ bytes"),
+    (lambda m, s, c: setattr(c, "buffer", 0),
+     r"ValueError: op \d+ reads tensor \d+, which has no data"),
+    (_orphan_output, r"ValueError: graph output \d+ is made by no op"),
+    (lambda m, s, c: setattr(s, "inputs", np.array([s.operators[0].outputs[0]], np.int32)),
+     r"ValueError: graph input \[\d+\] is an op's output"),
+    (lambda m, s, c: setattr(s.operators[0], "opcodeIndex", 99),
+     r"ValueError: op 0 has operator code 99"),
+])
+def test_20_12_a_tflite_lite_rt_would_crash_on_is_refused_before_it_sees_it(tmp_path, edit,
+                                                                            problem):
+    """What the fuzz suite found LiteRT does not check: its flatbuffer verifier passes these,
+    then invoke() raises ("Input tensor 3 lacks data", "Tensor data is null") or a kernel
+    reads past a constant's data (a child running mutated files died of a segfault)."""
+    path = repacked(tmp_path / "bad.tflite", edit)
+    assert re.fullmatch(rf"bad\.tflite: the \.tflite file is damaged or truncated \({problem}\); "
+                        "copy or export it again", refusal(tflite.read_tflite, path))
+
+
 def test_20_12_truncated_tflite_via_the_cli_is_one_line(tmp_path):
     path = tmp_path / "cut.tflite"
     path.write_bytes(TFLITE.read_bytes()[:1500])

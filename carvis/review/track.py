@@ -270,7 +270,7 @@ class Track:
                 else ""
             raise CarvisError(f"map track {str(self.path)!r} not found{hint}; write one with "
                               "carvis render SOURCE --save-maps TRACK")
-        limits.probe_hdf5(self.path, "map track", limit=limits.MAX_TRACK_BYTES)
+        limits.probe_hdf5(self.path, "map track")
         try:
             with h5py.File(self.path, "r") as f:
                 self.meta = self._read_meta(f)

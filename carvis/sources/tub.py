@@ -262,7 +262,7 @@ def read_tub_v1(path: Path) -> tuple[list[tuple[Record, Path]], str]:
         if key not in record:
             continue
         # v1 kept time as milliseconds since the tub's start; give the v2 names too.
-        if "milliseconds" in record:
+        if record.get("milliseconds") is not None:
             record.setdefault("_timestamp_ms", round(start_ms + record["milliseconds"]))
         record.setdefault("_index", index)
         record.setdefault("_session_id", path.name)
