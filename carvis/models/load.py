@@ -35,13 +35,19 @@ def load_model(path: str | os.PathLike, *, lambda_policy: str = "error") -> kera
         raise CarvisError(f"lambda policy {lambda_policy!r} is not one of "
                           f"{', '.join(LAMBDA_POLICIES)}; pass --lambda error or --lambda identity")
     p = Path(path)
-    kind = files.model_kind(p)  # a missing, non-regular or .tflite file: refused before TF
+    # A file refused for what it is (missing, a FIFO, a .tflite, a bomb) is refused before
+    # TensorFlow's seconds and 600 MB.
+    if files.model_kind(p) == "keras":
+        files.check_archive(p)
+        _import_tensorflow()
+        return _load_keras_archive(p, lambda_policy)
+    return _load_h5(p, lambda_policy)
+
+
+def _import_tensorflow() -> None:
     from carvis.tfquiet import import_tensorflow
 
     import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
-    if kind == "keras":
-        return _load_keras_archive(p, lambda_policy)
-    return _load_h5(p, lambda_policy)
 
 
 @contextlib.contextmanager
@@ -69,7 +75,6 @@ def _with_suffix(path: Path, suffix: str) -> Iterator[Path]:
 
 
 def _load_keras_archive(path: Path, lambda_policy: str) -> keras.Model:
-    files.check_archive(path)
     lambdas = keras3.lambdas_in(path, "keras")
     if lambdas:
         return _load_keras3_identity(path, "keras", lambdas, lambda_policy)
@@ -137,6 +142,7 @@ def _load_h5(path: Path, lambda_policy: str) -> keras.Model:
     with files.open_h5(path) as h5:
         header = files.read_header(path, h5)
         files.check_h5(path, h5)
+        _import_tensorflow()
         if header.dialect == "keras3":
             lambdas = keras3.lambdas_in(path, "h5")
             if lambdas:
