@@ -191,6 +191,8 @@ def probe_hdf5(path: str | os.PathLike, what: str, member: str = "") -> None:
     try:
         proc = subprocess.run(command, capture_output=True, timeout=HDF5_PROBE_SECONDS,
                               check=False)
+    except OSError:  # no interpreter to start (an embedded Python): read it in process
+        return
     except subprocess.TimeoutExpired:
         raise CarvisError(f"{what} {where}: the HDF5 library did not finish reading it in "
                           f"{HDF5_PROBE_SECONDS:.0f} s (it loops on some damaged files); the "

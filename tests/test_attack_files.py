@@ -564,6 +564,19 @@ def test_20_12_an_hdf5_file_the_library_loops_on_is_refused_not_hung(tmp_path, m
         "some damaged files); the file is damaged: copy it again")
 
 
+def test_20_12_an_hdf5_file_the_library_crashes_on_is_refused(tmp_path, monkeypatch,
+                                                              track_file):
+    """The probe child dying of a signal (as HDF5 can on a damaged file) is one line; the
+    file is never opened in carvis' own process."""
+    monkeypatch.setattr(limits, "_PROBE", "import os, signal; os.kill(os.getpid(), "
+                                          "signal.SIGSEGV)")
+    monkeypatch.setattr(h5py, "File", lambda *a, **k: pytest.fail("opened in process"))
+    path = tmp_path / "crash.h5"
+    shutil.copy(track_file, path)
+    assert refusal(Track, path) == (f"map track {str(path)!r}: the HDF5 library crashed "
+                                    "reading it (signal 11); the file is damaged: copy it again")
+
+
 def test_20_12_deeply_nested_yaml_is_one_line(tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("threshold: " + "[" * 50_000 + "]" * 50_000 + "\n")

@@ -7,7 +7,7 @@ structures dropped, doubled, wrapped — and each is read. In process, a mutatio
 refused with one CarvisError line, nothing else; through the command line (children that run
 `carvis.cli.main` over many files, so a native crash fails the test too) a file is read, or
 refused with a non-zero exit and exactly one `carvis: error:` line, never a traceback. The same
-seed gives the same files; about a minute on two cores.
+seed gives the same files; about 40 s on two cores.
 """
 
 from __future__ import annotations
