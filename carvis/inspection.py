@@ -10,11 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvis import sources, views
+from carvis import limits, sources, views
 from carvis.errors import CarvisError
 from carvis.preprocess import Preprocessor
 from carvis.profile import Profile
 from carvis.session import ModelSession
+from carvis.sources.files import read_image
 
 log = logging.getLogger("carvis")
 
@@ -22,11 +23,12 @@ log = logging.getLogger("carvis")
 def read_frame(path: str | Path) -> np.ndarray:
     """A BGR image from a file, or one line saying why not."""
     p = Path(path)
+    limits.check_regular(p, "frame")
     if not p.is_file():
         raise CarvisError(f"{path}: frame not found; give an image file (JPEG, PNG)")
-    frame = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    frame, problem = read_image(p)
     if frame is None:
-        raise CarvisError(f"{path}: OpenCV cannot read this image; give a JPEG or PNG")
+        raise CarvisError(f"{path}: cannot read this image: {problem}; give a JPEG or PNG")
     return frame
 
 

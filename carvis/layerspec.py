@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from carvis.errors import CarvisError
+from carvis.errors import CarvisError, shown
 
 #: Layer classes that count for conv:N (Keras class names; Keras 1's name too). A layer
 #: wrapped in TimeDistributed counts as what it wraps ("TimeDistributed(Conv2D)"): DonkeyCar's
@@ -24,8 +24,10 @@ CONV_TYPES = frozenset({"Conv2D", "Convolution2D", "SeparableConv2D", "Depthwise
 #: TFLite ops that count for conv:N in a .tflite read from its ops (a car's own file).
 CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 
-_INDEX = re.compile(r"[+-]?\d+")
-_CONV = re.compile(r"conv:(.*)", re.IGNORECASE)
+# ASCII digits only, at most 9: '²'.isdigit() is True but int('²') fails.
+_INDEX = re.compile(r"[+-]?[0-9]{1,9}", re.ASCII)
+_CONV = re.compile(r"conv:(.*)", re.IGNORECASE | re.DOTALL)
+_COUNT = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 
 class Row(Protocol):
@@ -48,7 +50,8 @@ def parse(value: Any) -> str | int:
     """A layer spec normalised: an int index, 'conv:N', or a name (checked for shape only)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) and not hasattr(
             value, "__index__"):
-        raise CarvisError(f"layer {value!r} is not valid; give a name, an index or conv:N")
+        raise CarvisError(f"layer {shown(value)} is not valid; give a name, an index or "
+                          "conv:N")
     if not isinstance(value, str):
         return int(value)
     text = value.strip()
@@ -57,8 +60,9 @@ def parse(value: Any) -> str | int:
     m = _CONV.fullmatch(text)
     if m:
         n = m.group(1).strip()
-        if not n.isdigit() or int(n) < 1:
-            raise CarvisError(f"layer {text!r} is not valid; conv:N counts conv layers from 1")
+        if not _COUNT.fullmatch(n) or int(n) < 1:
+            raise CarvisError(f"layer {shown(text)} is not valid; conv:N counts conv layers "
+                              "from 1")
         return f"conv:{int(n)}"
     if not text:
         raise CarvisError("layer is empty; give a name, an index or conv:N")

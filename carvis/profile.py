@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from carvis import settings
-from carvis.errors import CarvisError
+from carvis import limits, settings
+from carvis.errors import CarvisError, first_line
 
 #: Where the project's own default model and profiles live (a fresh clone runs from here).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -219,6 +219,8 @@ def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | N
     origin = settings.ProfileOrigin(source)
     d = _merge(GENERIC, data, source)
     model = d["model"]
+    if model is not None and not isinstance(model, str):
+        raise origin.fail("model", model, "expected the model file's path")
     if model is not None:
         model = Path(model)
         if base is not None and not model.is_absolute():
@@ -240,14 +242,41 @@ def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | N
     )
 
 
+def _check_events(text: str, path: Path) -> None:
+    """Refuse, before any node is built, what a profile never needs and a YAML bomb does:
+    aliases (a 1 KB "billion laughs" expands to gigabytes), nesting deeper than
+    limits.MAX_DEPTH (the composer recurses), more than limits.MAX_YAML_NODES nodes."""
+    level = nodes = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1
+            raise CarvisError(f"{path}: line {line}: YAML aliases (*{event.anchor}) are not "
+                              "allowed in a profile; write the value out")
+        if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            nodes += 1
+        if isinstance(event, yaml.CollectionStartEvent):
+            level += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            level -= 1
+        if level > limits.MAX_DEPTH or nodes > limits.MAX_YAML_NODES:
+            raise CarvisError(f"{path}: line {event.start_mark.line + 1}: the YAML nests "
+                              f"deeper than {limits.MAX_DEPTH} levels or holds more than "
+                              f"{limits.MAX_YAML_NODES} values; a profile is a short mapping "
+                              f"(see {MODELS_DIR / 'axionaut.yaml'})")
+
+
 def load(path: str | Path) -> Profile:
     """Read and validate a YAML profile file."""
     path = Path(path)
+    limits.check_regular(path, "profile")
     if not path.is_file():
         raise CarvisError(f"profile {str(path)!r} not found; give the path of a .yaml profile "
                           f"(see {MODELS_DIR / 'axionaut.yaml'})")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = limits.read_text(path, "profile", limits.MAX_PROFILE_BYTES,
+                                "a profile is a short YAML file")
+        _check_events(text, path)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -255,6 +284,9 @@ def load(path: str | Path) -> Profile:
         raise CarvisError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CarvisError(f"profile {str(path)!r} cannot be read ({exc})") from None
+    except (ValueError, OverflowError) as exc:  # a value YAML's constructors refuse
+        raise CarvisError(f"{path}: a value cannot be read ({first_line(exc)}); fix it"
+                          ) from None
     return parse(data, source=str(path), base=path.parent)
 
 

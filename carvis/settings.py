@@ -15,8 +15,8 @@ from typing import Any
 
 import cv2
 
-from carvis import layerspec
-from carvis.errors import CarvisError
+from carvis import layerspec, limits
+from carvis.errors import CarvisError, shown
 
 MODES = ("activation", "vbp", "gradcam", "saliency", "guided", "guided-gradcam", "cam")
 #: Modes that need TensorFlow's gradients (never LiteRT).
@@ -42,6 +42,10 @@ LIVE_KEYS = ("threshold", "channel", "layer", "colormap", "overlay", "recording"
              "mode", "target", "view", "hud", "compare")
 
 
+#: An integer as text: ASCII digits only ('²'.isdigit() is True, int('²') fails), at most 9.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}", re.ASCII)
+
+
 class Invalid(ValueError):
     """A checker's refusal: what is allowed (the origin adds where the value came from)."""
 
@@ -50,7 +54,7 @@ class Origin:
     """Where values come from; words the error for a bad one."""
 
     def fail(self, key: str, value: Any, allowed: str) -> CarvisError:
-        return CarvisError(f"{key} {value!r} is not valid; {allowed}")
+        return CarvisError(f"{key} {shown(value)} is not valid; {allowed}")
 
 
 class ProfileOrigin(Origin):
@@ -60,7 +64,7 @@ class ProfileOrigin(Origin):
         self.source = source
 
     def fail(self, key: str, value: Any, allowed: str) -> CarvisError:
-        return CarvisError(f"{self.source}: {key} = {value!r} is not valid; {allowed}")
+        return CarvisError(f"{self.source}: {key} = {shown(value)} is not valid; {allowed}")
 
 
 class FlagOrigin(Origin):
@@ -78,7 +82,7 @@ FLAGS = FlagOrigin()
 def _plain(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return repr(value)
+    return shown(value)
 
 
 # --------------------------------------------------------------------------- checkers
@@ -90,12 +94,20 @@ def number(lo: float | None = None, hi: float | None = None, integer: bool = Fal
     kind = int if integer else (int, float)
 
     def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-            raise Invalid(f"expected {'an integer' if integer else 'a number'}")
+        if isinstance(value, bool) or not isinstance(value, kind) or not _finite(value):
+            raise Invalid(f"expected {'an integer' if integer else 'a finite number'}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise Invalid(f"allowed range {lo}..{hi}")
         return value
     return check
+
+
+def _finite(value: float) -> bool:
+    """True for a number a float holds: not inf or nan, not a 400-digit integer."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def choice(choices: tuple[str, ...] | Mapping[str, Any]) -> Callable[[Any], str]:
@@ -118,14 +130,19 @@ def flag(value: Any) -> bool:
 
 
 def size(value: Any) -> tuple[int, int] | None:
-    """[width, height] in pixels, or None."""
+    """[width, height] in pixels, or None; no bigger than a frame H.264 can carry."""
     if value is None:
         return None
+    side, most = limits.MAX_FRAME_SIDE, limits.MAX_FRAME_PIXELS
     if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16384
-                       for v in value)):
-        raise Invalid("expected [width, height] in pixels, 1..16384")
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= side
+                       for v in value) or value[0] * value[1] > most):
+        raise Invalid(f"expected [width, height] in pixels, each 1..{side}, at most {most} "
+                      "pixels (8192x4320)")
     return int(value[0]), int(value[1])
+
+
+_CHANNELS = 1 << 31  # no layer has more channels
 
 
 def channel(value: Any) -> int | str:
@@ -133,11 +150,13 @@ def channel(value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise Invalid("give an index, 'mean' or 'max'")
     if isinstance(value, int):
+        if not -_CHANNELS <= value < _CHANNELS:
+            raise Invalid(f"give an index below {_CHANNELS}, 'mean' or 'max'")
         return value
     text = value.strip().lower()
     if text in ("mean", "max"):
         return text
-    if text.lstrip("-").isdigit():
+    if _INTEGER.fullmatch(text):
         return int(text)
     raise Invalid("give an index, 'mean' or 'max'")
 
@@ -161,7 +180,7 @@ def target(value: Any) -> str:
     if not isinstance(value, str):
         raise Invalid(allowed)
     text = value.strip().lower()
-    if text in TARGETS or text == "layer" or re.fullmatch(r"bin:\d+", text):
+    if text in TARGETS or text == "layer" or re.fullmatch(r"bin:[0-9]{1,9}", text, re.ASCII):
         return text
     if text.startswith("layer:") and len(value.strip()) > 6:
         return "layer:" + value.strip()[6:].strip()
@@ -179,7 +198,7 @@ def smoothgrad(value: Any) -> tuple[int, float] | None:
         n, sigma = parts
         n_int, sigma_f = int(n), float(sigma)
         whole = n_int == float(n)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), float(10**400)
         raise Invalid(allowed) from None
     if isinstance(n, bool) or isinstance(sigma, bool) or not whole or not 0 <= n_int <= 256 \
             or not 0.0 <= sigma_f <= 1.0:
@@ -192,9 +211,10 @@ def value_range(value: Any) -> tuple[float, float] | None:
     if value is None:
         return None
     if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)
+                       for v in value)
             or value[0] >= value[1]):
-        raise Invalid("expected [low, high] with low < high")
+        raise Invalid("expected [low, high], finite numbers with low < high")
     return float(value[0]), float(value[1])
 
 
@@ -261,7 +281,7 @@ def validate(changes: Any, origin: Origin = LIVE, keys: tuple[str, ...] = LIVE_K
     out: dict[str, Any] = {}
     for key, value in changes.items():
         if key not in keys:
-            raise CarvisError(f"unknown setting {key!r}; settings: {', '.join(keys)}")
+            raise CarvisError(f"unknown setting {shown(key)}; settings: {', '.join(keys)}")
         out[key] = check(key, value, origin)
     return out
 

@@ -271,7 +271,7 @@ def test_cli_inspect_bad_frame_is_one_line(tmp_path, capfd, axionaut_model_path)
     code = cli.main(["inspect", str(axionaut_model_path), str(bad), "-o",
                      str(tmp_path / "g.png")])
     assert code == 2
-    assert "OpenCV cannot read this image" in capfd.readouterr().err
+    assert "x.jpg: cannot read this image: not a JPEG (no start marker)" in capfd.readouterr().err
 
 
 # --------------------------------------------------------------------------- live settings

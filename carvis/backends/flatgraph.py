@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from carvis import layerspec
-from carvis.backends.tflite import TFLITE_MAGIC, LayerMeta, schema
+from carvis.backends.tflite import DAMAGED, TFLITE_MAGIC, LayerMeta, damaged, schema
 from carvis.errors import CarvisError
 
 # TFLite op → the Keras class VisualBackProp's geometry knows; pixel-wise ops have none.
@@ -207,7 +207,15 @@ def _vbp(g: _Graph, head: dict, names: dict[int, str]) -> tuple[dict, set[int]]:
 
 def describe(flatbuffer: bytes, source: str = "<tflite>") -> tuple[LayerMeta, dict[str, int]]:
     """A car's own .tflite as carvis metadata (derived from its ops), and the tensors to read:
-    output name → tensor index (its 4-D layers, VisualBackProp's path, the graph outputs)."""
+    output name → tensor index (its 4-D layers, VisualBackProp's path, the graph outputs);
+    one line if its graph cannot be read."""
+    try:
+        return _describe(flatbuffer, source)
+    except DAMAGED as exc:
+        raise damaged(source, exc) from None
+
+
+def _describe(flatbuffer: bytes, source: str) -> tuple[LayerMeta, dict[str, int]]:
     g = _Graph(flatbuffer)
     if len(g.model.subgraphs) != 1 or len(g.shape(g.image)) not in (4, 5):
         raise CarvisError(f"{source}: has {len(g.inputs)} inputs in {len(g.model.subgraphs)} "
@@ -238,8 +246,16 @@ def describe(flatbuffer: bytes, source: str = "<tflite>") -> tuple[LayerMeta, di
     return meta, tensors
 
 
-def with_outputs(flatbuffer: bytes, tensors: dict[str, int]) -> bytes:
+def with_outputs(flatbuffer: bytes, tensors: dict[str, int], source: str = "<tflite>"
+                 ) -> bytes:
     """The flatbuffer with these tensors as graph outputs, and one signature naming them."""
+    try:
+        return _with_outputs(flatbuffer, tensors)
+    except DAMAGED as exc:
+        raise damaged(source, exc) from None
+
+
+def _with_outputs(flatbuffer: bytes, tensors: dict[str, int]) -> bytes:
     import flatbuffers
 
     s = schema()

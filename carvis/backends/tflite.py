@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
-from carvis import __version__, layerspec
-from carvis.errors import CarvisError
+from carvis import __version__, layerspec, limits
+from carvis.errors import CarvisError, first_line, shown
 
 META_NAME = "carvis"
 #: Bumped when the conversion changes, so cached files from an older carvis are not reused.
@@ -59,10 +61,16 @@ class LayerMeta:
 
     @classmethod
     def from_json(cls, data: bytes) -> LayerMeta:
-        """Parse metadata written by to_json (unknown keys are ignored)."""
-        raw = json.loads(data.decode())
+        """Parse metadata written by to_json (unknown keys are ignored); ValueError if a value
+        is not of the type carvis writes."""
+        raw = limits.json_loads(data.decode())
+        if not isinstance(raw, dict):
+            raise TypeError("the metadata is not a JSON object")
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in fields}
+        for key, value in values.items():
+            if not _META_TYPES.get(key, lambda v: True)(value):
+                raise ValueError(f"metadata {key} {shown(value)} is not of the type carvis writes")
         for key in ("input_shape", "output_shape", "conv_layers", "layer_names", "outputs",
                     "shown", "layer_types"):
             if key in values:
@@ -89,6 +97,42 @@ class LayerMeta:
         return f"layers {', '.join(self.shown) or '(none to show)'}{source}{extra}"
 
 
+def _ints(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           and 0 <= v < 1 << 31 for v in value)
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _maybe(kind: type | tuple[type, ...]) -> Any:
+    return lambda v: v is None or (isinstance(v, kind) and not isinstance(v, bool))
+
+
+def _head(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and isinstance(value.get("index"), int)
+                             and isinstance(value.get("layer"), str)
+                             and isinstance(value.get("units"), int)
+                             and isinstance(value.get("softmax"), bool)
+                             and _names(value.get("outputs", [])))
+
+
+#: The type of each metadata value as carvis writes it (a damaged file says otherwise).
+_META_TYPES: dict[str, Any] = {
+    "layer": lambda v: isinstance(v, str), "layer_index": _maybe(int), "layers": _maybe(int),
+    "conv": _maybe(int), "input_shape": _ints, "output_shape": _ints, "model": _maybe(str),
+    "model_sha256": _maybe(str), "conv_layers": _names, "layer_names": _names,
+    "carvis": lambda v: isinstance(v, str), "format": _maybe(int), "outputs": _names,
+    "shown": _names, "layer_types": _names,
+    "layer_shapes": lambda v: isinstance(v, list) and all(_ints(s) for s in v),
+    "head": _head, "vbp": _maybe(dict),
+    "cam": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("layer"), str)
+                                   and isinstance(v.get("kernel"), list)),
+    "derived": lambda v: isinstance(v, bool),
+}
+
+
 def shape_text(shape: tuple[int, ...]) -> str:
     """(17, 62, 2) as text."""
     return "(" + ", ".join(str(d) for d in shape) + ")"
@@ -102,6 +146,10 @@ def schema() -> Any:
     return tflite_schema
 
 
+#: What the flatbuffer reader raises on a damaged file (a byte flipped, the file cut short).
+DAMAGED = (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError,
+           OverflowError, RecursionError, UnicodeDecodeError)
+
 def read_meta(data: bytes) -> LayerMeta | None:
     """The carvis metadata of a .tflite flatbuffer, or None if it has none (or it is bad)."""
     generated = schema()
@@ -113,21 +161,134 @@ def read_meta(data: bytes) -> LayerMeta | None:
                 continue
             buf = model.Buffers(entry.Buffer())
             return LayerMeta.from_json(buf.DataAsNumpy().tobytes())
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError,
-            UnicodeDecodeError, json.JSONDecodeError):
+    except DAMAGED:
         return None
     return None
 
 
+#: Bytes per element of each TFLite tensor type (TensorType's values); others count 16.
+_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 1, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16,
+             12: 8, 15: 4, 16: 2, 17: 1, 18: 2, 19: 1, 20: 1, 21: 1, 22: 1}
+#: Types whose constant data is exactly elements x itemsize (not strings, not packed 4/2-bit).
+_EXACT = frozenset(_ITEMSIZE) - {5, 17, 19, 20}
+
+
+def damaged(source: str, exc: BaseException) -> CarvisError:
+    """The one line for a .tflite whose flatbuffer cannot be read."""
+    return CarvisError(f"{source}: the .tflite file is damaged or truncated "
+                       f"({type(exc).__name__}: {first_line(exc)}); copy or export it again")
+
+
+def check_flatbuffer(data: bytes, source: str) -> None:
+    """Walk a .tflite's graph before LiteRT is given it: one line if the flatbuffer cannot
+    be read, an index points outside its table, a constant's data does not fit its shape
+    (LiteRT's kernels would read past it), its tensors declare more than
+    limits.MAX_MODEL_BYTES (LiteRT would allocate them), or it keeps weights in other files."""
+    generated = schema()
+    try:
+        model = generated.Model.GetRootAs(data, 0)
+        if model.ExternalBufferGroupsLength() or model.ExternalBuffersLength():
+            raise CarvisError(f"{source}: the .tflite keeps weights in other files (external "
+                              "buffers); carvis reads self-contained models only")
+        if model.SubgraphsLength() < 1:
+            raise ValueError("no subgraph")
+        total = 0
+        for i in range(model.SubgraphsLength()):
+            total += _check_subgraph(model, model.Subgraphs(i), source, total)
+    except DAMAGED as exc:
+        raise damaged(source, exc) from None
+
+
+def _check_subgraph(model: Any, sub: Any, source: str, total: int) -> int:
+    """One subgraph's indices and constants checked; the bytes its tensors declare."""
+    tensors, buffers = sub.TensorsLength(), model.BuffersLength()
+
+    def indices(values: Any, what: str, optional: bool = False) -> None:
+        for v in ([] if isinstance(values, int) else values.tolist()):
+            if not (0 <= v < tensors or (optional and v == -1)):
+                raise ValueError(f"{what} names tensor {v} of {tensors}")
+
+    def listed(values: Any) -> list[int]:
+        return [] if isinstance(values, int) else values.tolist()
+
+    inputs, ops = listed(sub.InputsAsNumpy()), [sub.Operators(k)
+                                                for k in range(sub.OperatorsLength())]
+    indices(sub.InputsAsNumpy(), "an input")
+    indices(sub.OutputsAsNumpy(), "an output")
+    produced: set[int] = set()
+    for k, op in enumerate(ops):
+        if op.OpcodeIndex() >= model.OperatorCodesLength():
+            raise ValueError(f"op {k} has operator code {op.OpcodeIndex()}")
+        indices(op.InputsAsNumpy(), f"op {k}", optional=True)
+        indices(op.OutputsAsNumpy(), f"op {k}")
+        produced.update(listed(op.OutputsAsNumpy()))
+    if produced & set(inputs):
+        raise ValueError(f"graph input {sorted(produced & set(inputs))} is an op's output")
+    for t in listed(sub.OutputsAsNumpy()):
+        if t not in produced and t not in inputs and not _data_size(model, sub.Tensors(t)):
+            raise ValueError(f"graph output {t} is made by no op")
+    # What an op reads that no op makes and the graph is not given must be a constant.
+    for k, op in enumerate(ops):
+        for t in listed(op.InputsAsNumpy()):
+            tensor = sub.Tensors(t) if t >= 0 else None
+            if tensor is not None and t not in produced and t not in inputs and \
+                    not tensor.IsVariable() and _elements(tensor) and \
+                    not _data_size(model, tensor):
+                raise ValueError(f"op {k} reads tensor {t}, which has no data")
+    declared = 0
+    for t in range(tensors):
+        tensor = sub.Tensors(t)
+        dims = _dims(tensor)
+        if any(d < 0 for d in dims):
+            raise ValueError(f"tensor {t} has shape {dims}")
+        size = math.prod(dims) * _ITEMSIZE.get(tensor.Type(), 16)
+        declared += size
+        if total + declared > limits.MAX_MODEL_BYTES:
+            raise CarvisError(f"{source}: the .tflite's tensors declare more than "
+                              f"{limits.size_text(limits.MAX_MODEL_BYTES)} (tensor {t} has "
+                              f"shape {tuple(dims)}); the file is damaged, or not a car's model")
+        b = tensor.Buffer()
+        if b >= buffers:
+            raise ValueError(f"tensor {t} has buffer {b} of {buffers}")
+        held = _data_size(model, tensor)
+        if held and tensor.Type() in _EXACT and tensor.Sparsity() is None and held != size:
+            raise ValueError(f"tensor {t} of shape {tuple(dims)} holds {held} bytes")
+    return declared
+
+
+def _dims(tensor: Any) -> list[int]:
+    shape = tensor.ShapeAsNumpy()
+    return [] if isinstance(shape, int) else [int(d) for d in shape]
+
+
+def _elements(tensor: Any) -> int:
+    return math.prod(max(d, 0) for d in _dims(tensor))
+
+
+def _data_size(model: Any, tensor: Any) -> int:
+    """The bytes of constant data a tensor's buffer holds (0: none; buffer 0 is empty)."""
+    b = tensor.Buffer()
+    if not 0 < b < model.BuffersLength():
+        return 0
+    buffer = model.Buffers(b)
+    return buffer.DataLength() or buffer.Size()
+
+
 def read_tflite(path: str | os.PathLike) -> bytes:
-    """The bytes of a .tflite file, or one line saying why not."""
+    """The bytes of a .tflite file, checked (check_flatbuffer), or one line saying why not."""
     p = Path(path)
+    limits.check_regular(p, "model")
     if not p.is_file():
         raise CarvisError(f"{path}: model file not found; check the path")
-    data = p.read_bytes()
+    try:
+        data = limits.read_bytes(p, "model", limits.MAX_MODEL_BYTES,
+                                 "a car's model is a few megabytes")
+    except OSError as exc:
+        raise CarvisError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if data[4:8] != TFLITE_MAGIC:
         raise CarvisError(f"{path}: not a TFLite model (no TFL3 tag); export one with "
                           "carvis export MODEL --layer L -o OUT.tflite")
+    check_flatbuffer(data, p.name)
     return data
 
 

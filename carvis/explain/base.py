@@ -150,6 +150,7 @@ class Explainer:
         target = self.target
         wrt = self.wrt
         layer_key = self.layer
+        unconnected: list[str | None] = []
 
         def values_and_score(net: Any, x: Any) -> tuple[dict[str, Any], Any]:
             values = dict(zip(keys, _listed(net(x, training=False)), strict=True))
@@ -175,6 +176,10 @@ class Explainer:
                 if "input" in wrt and guided is None:
                     sources.append(("@grad:input", x))
                 grads = tape.gradient(total, [s for _, s in sources])
+                if "layer" in wrt and grads[0] is None:
+                    # Raised after tracing: TensorFlow rewords what is raised inside it.
+                    unconnected.append(layer_key)
+                    grads[0] = tf.zeros_like(values[layer_key])
                 result.update(values)
                 result.update({k: g for (k, _), g in zip(sources, grads, strict=True)})
             if guided is not None:
@@ -196,6 +201,8 @@ class Explainer:
             run(np.zeros((self.batch_size,) + self.input_shape, np.float32))
         finally:
             logger.setLevel(level)
+        if unconnected:
+            raise _unconnected(target.name, layer_key)
 
         def call(batch: np.ndarray) -> dict[str, np.ndarray]:
             return {k: v.numpy() for k, v in run(batch).items()}
@@ -223,6 +230,14 @@ class Explainer:
         return Explanation(amap, pred, outputs)
 
     __call__ = explain
+
+
+def _unconnected(target: str, layer: str | None) -> CarvisError:
+    """The refusal of a target whose score does not depend on the map layer (no gradient)."""
+    return CarvisError(f"target {target!r} does not depend on layer {layer!r} (it comes before "
+                       "that layer, or on another branch), so its gradient there is empty; "
+                       f"choose a target layer after {layer!r} or a map layer (--layer) before "
+                       "the target's")
 
 
 def _listed(outputs: Any) -> list[Any]:

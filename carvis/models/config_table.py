@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from carvis.errors import CarvisError
+from carvis.errors import CarvisError, first_line
 from carvis.models import files
 from carvis.models.layers import LayerInfo, format_rows, layer_info
 from carvis.models.legacy import tfops
@@ -26,13 +26,23 @@ ShapeRule = Callable[[dict, list[tuple[int | None, ...]]], Shape]
 
 
 def layer_table_from_file(path: str | os.PathLike) -> list[LayerInfo]:
-    """One LayerInfo per layer, as layer_table(load_model(path)) would give, without Keras."""
+    """One LayerInfo per layer, as layer_table(load_model(path)) would give, without Keras;
+    one line if the file's config is not one Keras writes."""
     p = Path(path)
-    graph = _read(p)
-    specs = {spec.name: spec for spec in graph.specs}
-    shapes = _output_shapes(graph.specs)
-    return [layer_info(index, name, _type_name(specs[name]), shapes.get(name) or ())
-            for index, name in enumerate(keras_order(graph))]
+    try:
+        graph = _read(p)
+        specs = {spec.name: spec for spec in graph.specs}
+        shapes = _output_shapes(graph.specs)
+        return [layer_info(index, name, _type_name(specs[name]), shapes.get(name) or ())
+                for index, name in enumerate(keras_order(graph))]
+    except CarvisError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            RecursionError) as exc:
+        # A config of the wrong types, or a graph too long to walk: the file's, not carvis'.
+        raise CarvisError(f"{p}: cannot read the model's layers from its config "
+                          f"({type(exc).__name__}: {first_line(exc)}); re-save the model"
+                          ) from None
 
 
 def _type_name(spec: Spec) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import h5py
 
+from carvis import limits
 from carvis.errors import CarvisError
 from carvis.models import files
 
@@ -77,4 +78,5 @@ def lambdas_in(path: Path, kind: str) -> list[str]:
         return files.lambda_names(files.archive_config(path))
     with h5py.File(path, "r") as h5:
         raw = h5.attrs.get("model_config")
-        return files.lambda_names(json.loads(files.attr_text(raw))) if raw is not None else []
+        return files.lambda_names(limits.json_loads(files.attr_text(raw))) if raw is not None \
+            else []

@@ -35,13 +35,19 @@ def load_model(path: str | os.PathLike, *, lambda_policy: str = "error") -> kera
         raise CarvisError(f"lambda policy {lambda_policy!r} is not one of "
                           f"{', '.join(LAMBDA_POLICIES)}; pass --lambda error or --lambda identity")
     p = Path(path)
-    if not files.is_tflite(p):
-        from carvis.tfquiet import import_tensorflow
-
-        import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
+    # A file refused for what it is (missing, a FIFO, a .tflite, a bomb) is refused before
+    # TensorFlow's seconds and 600 MB.
     if files.model_kind(p) == "keras":
+        files.check_archive(p)
+        _import_tensorflow()
         return _load_keras_archive(p, lambda_policy)
     return _load_h5(p, lambda_policy)
+
+
+def _import_tensorflow() -> None:
+    from carvis.tfquiet import import_tensorflow
+
+    import_tensorflow()  # without the CUDA-stub chatter, so errors stay one line
 
 
 @contextlib.contextmanager
@@ -135,6 +141,8 @@ def _as_functional(model: Any, path: Path) -> keras.Model:
 def _load_h5(path: Path, lambda_policy: str) -> keras.Model:
     with files.open_h5(path) as h5:
         header = files.read_header(path, h5)
+        files.check_h5(path, h5)
+        _import_tensorflow()
         if header.dialect == "keras3":
             lambdas = keras3.lambdas_in(path, "h5")
             if lambdas:

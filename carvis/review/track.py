@@ -17,13 +17,13 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 
-from carvis import __version__, pilot
-from carvis.errors import CarvisError
+from carvis import __version__, limits, pilot
+from carvis.errors import CarvisError, first_line, shown
 from carvis.frame import Frame
 from carvis.maps import MapMaker, MapResult
 
@@ -176,29 +176,40 @@ def record(frames: Iterable[Frame], maker: MapMaker, path: str | Path, source: A
 class Track:
     """A whole track, read into memory (maps as float16): one row per frame."""
 
+    #: What a track's metadata holds, and the type of each value (a damaged file differs).
+    META_TYPES: ClassVar[dict[str, tuple[type, ...]]] = {
+        "format": (int,), "source": (str,), "fps": (int, float),
+        "source_frames": (int, type(None)), "model": (str,), "model_sha256": (str,),
+        "layer": (str,), "mode": (str,), "target": (str,), "channel": (int, str),
+        "profile": (dict,), "softmax": (bool,), "map_shape": (list,), "frames": (int,)}
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        limits.check_regular(self.path, "map track")
         if not self.path.is_file():
             part = self.path.with_name(self.path.name + ".part")
             hint = " (only an unfinished .part: the recording was stopped)" if part.exists() \
                 else ""
             raise CarvisError(f"map track {str(self.path)!r} not found{hint}; write one with "
                               "carvis render SOURCE --save-maps TRACK")
+        limits.probe_hdf5(self.path, "map track")
         try:
             with h5py.File(self.path, "r") as f:
-                self.meta = json.loads(f.attrs[META_KEY])
-                self.maps = f["maps"][...]
-                self.index = f["index"][...]
-                self.prediction = f["prediction"][...]
+                self.meta = self._read_meta(f)
+                if self.meta.get("format") != FORMAT:
+                    raise CarvisError(f"map track {str(self.path)!r} has format "
+                                      f"{shown(self.meta.get('format'))}, this carvis reads "
+                                      f"{FORMAT}; record it again")
+                sets = self._datasets(f, self.meta)
+                self.maps = sets["maps"][...]
+                self.index = sets["index"][...]
+                self.prediction = sets["prediction"][...]
                 for name in SCALARS:
-                    setattr(self, name, f[name][...])
-        except (OSError, KeyError, ValueError) as exc:
-            raise CarvisError(f"{str(self.path)!r} is not a carvis map track ({exc}); write "
-                              "one with carvis render SOURCE --save-maps TRACK") from None
-        if self.meta.get("format") != FORMAT:
-            raise CarvisError(f"map track {str(self.path)!r} has format "
-                              f"{self.meta.get('format')}, this carvis reads {FORMAT}; "
-                              "record it again")
+                    setattr(self, name, sets[name][...])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise CarvisError(f"{str(self.path)!r} is not a carvis map track "
+                              f"({first_line(exc)}); write one with carvis render SOURCE "
+                              "--save-maps TRACK") from None
         self.position = {int(k): n for n, k in enumerate(self.index)}
 
     def __len__(self) -> int:
@@ -262,3 +273,54 @@ class Track:
         if source is not None and getattr(source, "name", None) != self.meta.get("source"):
             log.warning("map track %s was made from %s, not %s (same frame count: used)",
                         name, self.meta.get("source"), getattr(source, "name", "?"))
+
+    @staticmethod
+    def _read_meta(f: h5py.File) -> dict[str, Any]:
+        """The track's metadata, each value of the type carvis writes; ValueError if not."""
+        meta = limits.json_loads(f.attrs[META_KEY])
+        if not isinstance(meta, dict):
+            raise TypeError(f"its {META_KEY} attribute is not a JSON object")
+        if meta.get("format") != FORMAT:
+            return meta  # the caller words it: another format
+        for key, kinds in Track.META_TYPES.items():
+            value = meta.get(key)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"metadata {key} {shown(value)} is not what carvis writes")
+        shape = meta["map_shape"]
+        if len(shape) != 2 or not all(isinstance(d, int) and 1 <= d <= limits.MAX_FRAME_SIDE
+                                      for d in shape):
+            raise ValueError(f"metadata map_shape {shown(shape)} is not [height, width]")
+        return meta
+
+    @staticmethod
+    def _datasets(f: h5py.File, meta: dict[str, Any]) -> dict[str, Any]:
+        """The track's datasets, their declared shapes, types and sizes checked before any is
+        read (a small file can declare 50 GiB); ValueError naming the first that is wrong."""
+        frames = meta["frames"]
+        h, w = meta["map_shape"]
+        # name → (shape it must have, kinds of numbers it may hold)
+        wanted: dict[str, tuple[tuple[int | None, ...], str]] = {
+            "maps": ((frames, h, w), "f"), "index": ((frames,), "iu"),
+            "prediction": ((frames, None), "f"), **{name: ((frames,), "f") for name in SCALARS}}
+        sets, total = {}, 0
+        for name, (shape, kinds) in wanted.items():
+            ds = f.get(name)
+            if not isinstance(ds, h5py.Dataset):
+                raise TypeError(f"it has no dataset {name!r}")
+            storage = limits.dataset_storage(ds)
+            if storage:
+                raise ValueError(f"dataset {name!r} {storage}")
+            fits = len(ds.shape or ()) == len(shape) and all(
+                want is None or want == got for want, got in zip(shape, ds.shape, strict=True))
+            if not fits or ds.dtype.kind not in kinds or (name == "prediction"
+                                                          and ds.shape[1] < 1):
+                expected = "(" + ", ".join("P" if d is None else str(d) for d in shape) + ")"
+                raise ValueError(f"dataset {name!r} is {ds.dtype} {tuple(ds.shape or ())}, not "
+                                 f"{'float' if kinds == 'f' else 'integer'} {expected} for "
+                                 f"{frames} frames of a {h}x{w} map")
+            total += limits.dataset_bytes(ds)
+            sets[name] = ds
+        if total > limits.MAX_TRACK_BYTES:
+            raise ValueError(f"its datasets declare {limits.size_text(total)}, more than carvis "
+                             f"reads into memory ({limits.size_text(limits.MAX_TRACK_BYTES)})")
+        return sets

@@ -79,7 +79,9 @@ def open_source(spec: str, *, loop: bool = False, fps: float | None = None) -> S
     return VideoFileSource(path, loop=loop)
 
 
-_TIME = re.compile(r"^(?:(\d+):)?(\d+(?:\.\d*)?)s?$")
+# ASCII digits only: '²'.isdigit() is True, but int('²') fails.
+_TIME = re.compile(r"^(?:([0-9]{1,9}):)?([0-9]{1,12}(?:\.[0-9]*)?)s?$", re.ASCII)
+_NUMBER = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +105,7 @@ def frame_position(text: str | int | None, flag: str = "--start") -> Position | 
         return None
     value = str(text).strip().lower()
     match = _TIME.match(value)
-    if value.isascii() and value.isdigit():
+    if _NUMBER.fullmatch(value):
         return Position(int(value))
     if match is None or not (value.endswith("s") or match.group(1) is not None):
         raise CarvisError(f"{flag} {str(text)!r} is not a frame number or a time; give a "
@@ -219,10 +221,10 @@ def open_live_source(spec: str | None, profile: object = None, *, loop: bool = F
     settings = CameraSettings.from_profile(camera, **overrides)
     if spec == "picamera" or spec.startswith("picamera:"):
         num = spec.partition(":")[2] or "0"
-        if not num.isdigit():
+        if not _NUMBER.fullmatch(num):
             raise CarvisError(f"source {spec!r}: use picamera or picamera:N (camera number)")
         return PiCameraSource(settings, int(num))
-    if spec.isdigit():
+    if _NUMBER.fullmatch(spec):
         return CameraSource(int(spec), settings)
     scheme, sep, _ = spec.partition("://")
     if sep:

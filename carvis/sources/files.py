@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from carvis.errors import CarvisError
+from carvis import limits
+from carvis.errors import CarvisError, first_line
 from carvis.frame import Frame
 from carvis.sources.base import Source
 from carvis.tfquiet import held_stderr
@@ -27,6 +29,7 @@ class VideoFileSource(Source):
         self.path = str(path)
         self.name = Path(self.path).name
         self.loop = loop
+        limits.check_regular(self.path, "source")
         if not Path(self.path).is_file():
             raise CarvisError(f"source {self.path!r} not found; give a video file, a folder "
                               "of images, a camera index or 'synthetic'")
@@ -74,11 +77,115 @@ def _number_key(path: Path) -> tuple:
     return (int(numbers[-1]) if numbers else -1, path.name)
 
 
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header (SOFn), walking the segments before it."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header first
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return width, height
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a TIFF's first image directory (tags 256 and 257)."""
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+    found: dict[int, int] = {}
+    for k in range(min(count, 512)):
+        entry = data[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"),
+                                       entry[8:10] if kind == 3 else entry[8:12])[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return (int.from_bytes(data[24:27], "little") + 1,
+                int.from_bytes(data[27:30], "little") + 1)
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if struct.unpack("<I", data[14:18])[0] == 12:  # the OS/2 header: 16-bit sizes
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+#: What carvis decodes, by the bytes a file starts with: its name and how to read its size.
+_FORMATS = (
+    (b"\xff\xd8", "JPEG", _jpeg_size),
+    (b"\x89PNG\r\n\x1a\n", "PNG", lambda d: struct.unpack(">II", d[16:24])),
+    (b"BM", "BMP", _bmp_size),
+    (b"II*\x00", "TIFF", _tiff_size),
+    (b"MM\x00*", "TIFF", _tiff_size),
+    (b"RIFF", "WebP", lambda d: _webp_size(d) if d[8:12] == b"WEBP" else None),
+)
+
+
+def image_size(data: bytes) -> tuple[str, tuple[int, int] | None] | None:
+    """(format, (width, height) its header declares, or None if unreadable) for the formats
+    carvis decodes; None for anything else."""
+    for magic, name, read in _FORMATS:
+        if data.startswith(magic):
+            try:
+                size = read(data)
+            except (struct.error, IndexError, ValueError):
+                size = None
+            return name, (tuple(size) if size else None)
+    return None
+
+
+def check_image(data: bytes) -> str:
+    """What is wrong with an image file's bytes before any pixel is decoded ('' if nothing):
+    an unknown format, a header without a size, more than limits.MAX_IMAGE_PIXELS."""
+    found = image_size(data)
+    if found is None:
+        return f"not a {', '.join(dict.fromkeys(n for _, n, _ in _FORMATS))} image"
+    name, size = found
+    if size is None or min(size) < 1:
+        return f"a {name} without a readable size in its header (damaged?)"
+    width, height = size
+    if width * height > limits.MAX_IMAGE_PIXELS:
+        return (f"its {name} header declares {width}x{height} pixels, more than carvis "
+                f"decodes ({limits.MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
+    return ""
+
+
 def read_image(path: Path) -> tuple[np.ndarray | None, str]:
-    """(the image, "") or (None, what is wrong with it); a JPEG cut short (a power cut while
-    the car wrote it) is caught before libjpeg decodes half of it and complains on stderr."""
+    """(the image, "") or (None, what is wrong with it), checked before it is decoded: not a
+    regular file, too big a file or a header declaring too many pixels (a 1 KB JPEG can claim
+    30000x30000); a JPEG cut short (a power cut while the car wrote it) is caught before
+    libjpeg decodes half of it and complains on stderr."""
     try:
-        data = path.read_bytes()
+        data = limits.read_bytes(path, "image", limits.MAX_IMAGE_BYTES)
+    except CarvisError as exc:
+        return None, str(exc)  # not a regular file, or too big a file
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc})"
     if path.suffix.lower() in (".jpg", ".jpeg"):
@@ -89,7 +196,13 @@ def read_image(path: Path) -> tuple[np.ndarray | None, str]:
         # writers pad the file after it.
         if b"\xff\xd9" not in data[-64:]:
             return None, "truncated JPEG (no end marker; written during a power cut?)"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    problem = check_image(data)
+    if problem:
+        return None, problem
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        return None, f"not a readable image ({first_line(exc)})"
     if image is None:
         return None, "not a readable image"
     return image, ""

@@ -12,19 +12,18 @@ records, and ``milliseconds`` since ``start`` instead of ``_timestamp_ms``.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
 import statistics
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-import cv2
-
-from carvis.errors import CarvisError
+from carvis import limits
+from carvis.errors import CarvisError, first_line, shown
 from carvis.frame import Frame
 from carvis.sources.base import Source
+from carvis.sources.files import read_image
 
 log = logging.getLogger("carvis")
 
@@ -73,9 +72,78 @@ def tub_hint(path: str | Path) -> str | None:
             f"e.g. {tubs[0]}")
 
 
-def _json_lines(path: Path) -> list[Any]:
+def _bad(tub: Path, where: str, what: str) -> CarvisError:
+    """The one line for a tub file holding what DonkeyCar never writes."""
+    return CarvisError(f"tub {str(tub)!r}: {where}: {what}; fix or delete it, or give the "
+                       "tub's images/ folder as a plain folder of images")
+
+
+def _text(path: Path, tub: Path) -> str:
+    """A tub's JSON side file as text (a regular file, at most limits.MAX_JSON_BYTES)."""
+    try:
+        return limits.read_text(path, "tub file", hint="DonkeyCar never writes one that big")
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        raise _bad(tub, path.name, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+                   ) from None
+
+
+def _json_lines(path: Path, tub: Path) -> list[Any]:
     """The JSON values of a newline-delimited file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [limits.json_loads(line) for line in _text(path, tub).splitlines() if line.strip()]
+
+
+def _is_number(value: Any, lo: float, hi: float) -> bool:
+    """True for an int or a finite float in lo..hi (bool and NaN are not numbers here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and lo <= value <= hi)  # NaN fails both comparisons
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _inside(value: Any) -> str | None:
+    """Why a path from a tub file would leave the tub (absolute, '..', not a name), or None."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return "is not a file name"
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() \
+            or PureWindowsPath(value).drive:
+        return "is absolute"
+    if ".." in PurePosixPath(value).parts or ".." in PureWindowsPath(value).parts:
+        return "goes up with '..'"
+    return None
+
+
+#: Record values carvis reads, and what each must be: (check, what it is).
+_STAMP_MAX = float(2 ** 53)  # milliseconds: beyond the year 285000, and past float's integers
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "_timestamp_ms": (lambda v: _is_number(v, 0, _STAMP_MAX), "a time in milliseconds"),
+    "milliseconds": (lambda v: _is_number(v, 0, _STAMP_MAX), "a time in milliseconds"),
+    "_index": (lambda v: isinstance(v, int) and _is_number(v, 0, _STAMP_MAX),
+               "a record number (an integer >= 0)"),
+    "_session_id": (lambda v: isinstance(v, str), "a session name"),
+    **{key: (lambda v: _is_number(v, -1e6, 1e6), "a number")
+       for key in ("user/angle", "user/throttle", "pilot/angle", "pilot/throttle")},
+}
+
+
+def _checked(record: Any, key: str, tub: Path, where: str) -> Record:
+    """A record whose values carvis reads are of the types DonkeyCar writes, and whose image
+    path stays inside the tub; else one line naming the record and the value."""
+    if not isinstance(record, dict):
+        raise _bad(tub, where, f"a record is a JSON object, not {shown(record)}")
+    name = f"record {shown(record.get('_index', where))}"
+    for field, (ok, what) in _FIELDS.items():
+        value = record.get(field)
+        if value is not None and not ok(value):
+            raise _bad(tub, f"{where}, {name}", f"{field} {shown(value)} is not {what}")
+    if key in record:
+        why = _inside(record[key])
+        if why:
+            raise CarvisError(f"tub {str(tub)!r}: {where}, {name}: image path "
+                              f"{shown(record[key])} {why}; images of a tub are read from "
+                              "inside the tub only")
+    return record
 
 
 def _image_key(inputs: list[str], types: list[str], where: Path) -> str:
@@ -89,31 +157,47 @@ def _image_key(inputs: list[str], types: list[str], where: Path) -> str:
                       "give a tub recorded with a camera (cam/image_array)")
 
 
-def _read_catalog(path: Path) -> list[Record]:
-    """One catalog's records; a line cut short by a car switched off mid-write is skipped."""
+def _read_catalog(path: Path, tub: Path) -> list[tuple[Any, int]]:
+    """One catalog's values with their line numbers; a line cut short by a car switched off
+    mid-write is skipped."""
     records, bad = [], 0
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(_text(path, tub).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append((limits.json_loads(line), number))
+        except ValueError:
             bad += 1
     if bad:
         log.warning("tub catalog %s: skipped %d unreadable record line(s)", path.name, bad)
     return records
 
 
-def read_tub_v2(path: Path) -> tuple[list[tuple[Record, Path]], str]:
-    """The live records of a tub v2 with their image paths, in recording order."""
+def _manifest(path: Path) -> tuple[list[str], list[str], list[str], set[int]]:
+    """A tub v2 manifest's inputs, types, catalog files and deleted record numbers."""
     try:
-        lines = _json_lines(path / MANIFEST)
+        lines = _json_lines(path / MANIFEST, path)
         inputs, types, catalogs = lines[0], lines[1], lines[4]
-        paths, deleted = catalogs["paths"], set(catalogs.get("deleted_indexes", ()))
+        paths, deleted = catalogs["paths"], catalogs.get("deleted_indexes", [])
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise CarvisError(f"tub {str(path)!r}: {MANIFEST} is not a DonkeyCar tub v2 manifest "
-                          f"({type(exc).__name__}: {exc}); check the file, or give the "
-                          "tub's images/ folder as a plain folder of images") from None
+                          f"({type(exc).__name__}: {first_line(exc)}); check the file, or "
+                          "give the tub's images/ folder as a plain folder of images") from None
+    if not (_strings(inputs) and _strings(types) and _strings(paths)):
+        raise _bad(path, MANIFEST, "its inputs, types and catalog paths are lists of names")
+    if not isinstance(deleted, list) or not all(_FIELDS["_index"][0](i) for i in deleted):
+        raise _bad(path, MANIFEST, "deleted_indexes is a list of record numbers")
+    for name in paths:
+        why = _inside(name)
+        if why:
+            raise CarvisError(f"tub {str(path)!r}: {MANIFEST}: catalog path {shown(name)} "
+                              f"{why}; a tub's catalogs are read from inside the tub only")
+    return inputs, types, paths, set(deleted)
+
+
+def read_tub_v2(path: Path) -> tuple[list[tuple[Record, Path]], str]:
+    """The live records of a tub v2 with their image paths, in recording order."""
+    inputs, types, paths, deleted = _manifest(path)
     key = _image_key(inputs, types, path)
     images = path / "images"
     out: list[tuple[Record, Path]] = []
@@ -121,54 +205,68 @@ def read_tub_v2(path: Path) -> tuple[list[tuple[Record, Path]], str]:
     for name in paths:
         catalog = path / name
         if not catalog.is_file():
+            limits.check_regular(catalog, "tub catalog")
             log.warning("tub %s: catalog %s listed in %s is missing", path.name, name, MANIFEST)
             continue
-        for record in _read_catalog(catalog):
+        for value, line in _read_catalog(catalog, path):
+            record = _checked(value, key, path, f"{name} line {line}")
             index = record.get("_index", position)
             position += 1
             if index in deleted or key not in record:
                 continue
-            out.append((record, images / str(record[key])))
+            out.append((record, images / record[key]))
     return out, key
 
 
-def _json_file(path: Path, default: Any) -> Any:
+def _json_file(path: Path, default: Any, kind: type, what: str) -> Any:
     """A tub v1 side file (meta.json, exclude.json), or default where there is none."""
-    if not path.is_file():
+    if not path.exists():
         return default
     try:
-        return json.loads(path.read_text())
+        value = limits.json_loads(_text(path, path.parent))
     except ValueError as exc:
         raise CarvisError(f"tub {str(path.parent)!r}: {path.name} is not JSON ({exc}); "
                           "fix or remove the file") from None
+    if not isinstance(value, kind):
+        raise _bad(path.parent, path.name, f"it holds {shown(value)}, not {what}")
+    return value
 
 
 def read_tub_v1(path: Path) -> tuple[list[tuple[Record, Path]], str]:
     """The records of a tub v1 (not in exclude.json), in index order, with their images."""
-    meta = _json_file(path / V1_META, {})
-    excluded = set(_json_file(path / "exclude.json", []))
+    meta = _json_file(path / V1_META, {}, dict, "a JSON object (inputs, types, start)")
+    excluded = _json_file(path / "exclude.json", [], list, "a list of record numbers")
+    if not all(_FIELDS["_index"][0](i) for i in excluded):
+        raise _bad(path, "exclude.json", "it is a list of record numbers")
+    inputs, types = meta.get("inputs") or ["cam/image_array"], meta.get("types") or \
+        ["image_array"]
+    if not (_strings(inputs) and _strings(types)):
+        raise _bad(path, V1_META, "its inputs and types are lists of names")
+    if "start" in meta and not _is_number(meta["start"], 0, _STAMP_MAX / 1000):
+        raise _bad(path, V1_META, f"start {shown(meta['start'])} is not a time in seconds")
     numbered = sorted((int(m.group(1)), p) for p in path.iterdir()
                       if (m := _RECORD_V1.match(p.name)))
-    key = _image_key(meta.get("inputs", []) or ["cam/image_array"],
-                     meta.get("types", []) or ["image_array"], path)
+    key = _image_key(inputs, types, path)
     start_ms = float(meta["start"]) * 1000 if "start" in meta else 0.0
+    excluded = set(excluded)
     out: list[tuple[Record, Path]] = []
     for index, record_path in numbered:
         if index in excluded:
             continue
         try:
-            record = json.loads(record_path.read_text())
+            value = limits.json_loads(_text(record_path, path))
         except ValueError:
             log.warning("tub %s: skipped %s, not JSON", path.name, record_path.name)
             continue
+        record = _checked(value, key, path, record_path.name)
         if key not in record:
             continue
         # v1 kept time as milliseconds since the tub's start; give the v2 names too.
-        if "milliseconds" in record:
+        if record.get("milliseconds") is not None:
             record.setdefault("_timestamp_ms", round(start_ms + record["milliseconds"]))
         record.setdefault("_index", index)
         record.setdefault("_session_id", path.name)
-        out.append((record, path / str(record[key])))
+        out.append((_checked(record, key, path, record_path.name), path / record[key]))
     return out, key
 
 
@@ -183,7 +281,7 @@ def fps_from_records(records: list[Record], default: float = DEFAULT_FPS) -> flo
             intervals.append(t1 - t0)
     if not intervals:
         return default
-    return min(1000.0 / statistics.median(intervals), 1000.0)
+    return min(max(1000.0 / statistics.median(intervals), 0.1), 1000.0)
 
 
 _READERS = {2: read_tub_v2, 1: read_tub_v1}
@@ -237,13 +335,14 @@ class TubSource(Source):
     def read(self) -> Frame | None:
         while (entry := self._next_entry()) is not None:
             record, image_path = entry
-            image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+            image, problem = read_image(image_path)
             if image is not None:
                 frame = Frame(image, self._index, time.monotonic(), image_path.name, dict(record),
                               self._seconds(record))
                 self._index += 1
                 return frame
             self.skipped.append(str(image_path))
-            log.warning("tub %s: skipping record %s: image %s missing or unreadable",
-                        self.name, record.get("_index"), image_path.name)
+            log.warning("tub %s: skipping record %s: image %s %s", self.name,
+                        record.get("_index"), image_path.name,
+                        "is missing" if not image_path.exists() else problem)
         return None
