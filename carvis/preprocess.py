@@ -52,6 +52,9 @@ class Preprocessor:
 
     def __init__(self, profile: Profile, input_size: tuple[int, int], channels: int = 3,
                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        if channels not in (1, 3):
+            raise CarvisError(f"the model's input has {channels} channels; carvis feeds it "
+                              "camera images of 3 (colour) or 1 (gray)")
         self.profile = profile
         self.transform = transform
         self._told = False

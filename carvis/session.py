@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from carvis import explain, kinds
+from carvis import explain, kinds, limits
 from carvis.backends import BACKENDS, Backend
 from carvis.backends import cache as conversion_cache
 from carvis.errors import CarvisError
@@ -33,6 +33,7 @@ class ModelSession:
             raise CarvisError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
         if not self.path.exists():
             raise CarvisError(f"{path}: model file not found; check the path")
+        limits.check_regular(self.path, "model")  # a FIFO would block reading forever
         self.requested = backend
         self.lambda_policy = lambda_policy
         self._sha256: str | None = None

@@ -107,8 +107,8 @@ def test_20_1_live_change_to_such_a_target_is_refused_and_settings_stay(keras_mo
     from carvis import pipeline
     from carvis.session import ModelSession
 
-    renderer = pipeline.Renderer(ModelSession(KERAS, backend="tensorflow"),
-                                 prof.load(prof.DEFAULT_PROFILE))
+    renderer = pipeline.make_renderer(ModelSession(KERAS, backend="tensorflow"),
+                                      prof.load(prof.DEFAULT_PROFILE))
     before = renderer.settings()
     # What POST /settings {"mode": "gradcam", "target": "layer:pool1"} builds before applying
     text = refusal(renderer.prepare, {"mode": "gradcam", "target": "layer:pool1"})
@@ -116,7 +116,7 @@ def test_20_1_live_change_to_such_a_target_is_refused_and_settings_stay(keras_mo
     assert renderer.settings() == before
     ready = renderer.prepare({"mode": "gradcam", "target": "layer:conv3"})
     renderer.apply(ready)
-    assert renderer.compute(np.zeros((120, 160, 3), np.uint8)) is not None
+    assert renderer.maps(np.zeros((120, 160, 3), np.uint8)) is not None
 
 
 # --------------------------------------------------------------------------- #20.9

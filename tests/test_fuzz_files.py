@@ -37,9 +37,10 @@ from hypothesis import strategies as st
 from carvis import cli, limits
 from carvis import profile as prof
 from carvis.backends import flatgraph, tflite
+from carvis.composer import Composer
 from carvis.errors import CarvisError
 from carvis.models import config_table, files
-from carvis.review import compose
+from carvis.review import replay
 from carvis.sources import TubSource
 from carvis.sources import tub as tub_module
 from carvis.sources.files import read_image
@@ -613,9 +614,10 @@ def test_fuzz_map_tracks_read_or_refuse_and_redraw(track, tmp_path, monkeypatch)
         what = mutate_track(path, rng)
 
         def redraw(path: Path = path) -> None:
-            composer = compose.Composer(compose.open_track(path))
-            for row in range(len(composer.track)):
-                composer.compose(frame.copy(), row)
+            maps = replay.TrackMaps(replay.open_track(path))
+            composer = Composer(maps.profile)
+            for row in range(len(maps.track)):
+                composer(frame.copy(), maps.at(row))
         counts[read_or_refused(f"track {what}", redraw)] += 1
         path.unlink()
     assert min(counts.values()) > 10, counts

@@ -143,6 +143,7 @@ def _size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     w, sep, h = str(text).lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit() or not (0 < int(w) and 0 < int(h)):
+    digits = all(v.isascii() and v.isdigit() and len(v) <= 5 for v in (w, h))
+    if not sep or not digits or not (0 < int(w) and 0 < int(h)):
         raise CarvisError(f"--size {text!r} is not valid; give WIDTHxHEIGHT, e.g. 1280x720")
     return int(w), int(h)

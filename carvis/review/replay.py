@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from carvis import limits, settings
 from carvis import profile as prof
-from carvis import settings
 from carvis.backends.cache import file_sha256
 from carvis.errors import CarvisError
 from carvis.frame import Frame
@@ -53,6 +53,8 @@ def open_track(path: str | Path | Track, source: Any = None, model: str | Path |
                ) -> Track:
     """A track, refused in one line if it does not match the source or the model asked for."""
     track = path if isinstance(path, Track) else Track(path)
+    if model is not None:
+        limits.check_regular(model, "model")
     sha = file_sha256(model) if model is not None else None
     track.check(source, sha, Path(model).name if model is not None else "the model")
     return track

@@ -369,7 +369,7 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]
     if not sep:
         host, port = default_host, text
     host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) <= 65535:
         raise CarvisError(f"--serve {text!r} is not valid; give PORT or HOST:PORT, "
                           "e.g. 8080 or 0.0.0.0:8080")
     return host, int(port)
