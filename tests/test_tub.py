@@ -100,12 +100,14 @@ def test_v2_every_record_in_order_with_its_values(tmp_path, clock):
     assert src.read() is None
 
 
-def test_v2_deleted_records_are_skipped(tmp_path, clock):
+def test_v2_deleted_records_are_skipped_and_counted(tmp_path, clock, caplog):
     write_session(tmp_path / "tub", clock, range(10), delete=(0, 4, 5, 9))
-    src = TubSource(tmp_path / "tub")
+    with caplog.at_level(logging.INFO, logger="carvis"):
+        src = TubSource(tmp_path / "tub")
     indexes = [f.record["_index"] for f in src]
     assert indexes == [1, 2, 3, 6, 7, 8]
-    assert src.frame_count == 6
+    assert src.frame_count == 6 and src.deleted == 4
+    assert "tub tub (v2): 6 records (4 deleted, skipped), 1 session(s), 20 fps" in caplog.text
 
 
 def test_fps_is_the_median_interval_of_the_timestamps(tmp_path, monkeypatch):

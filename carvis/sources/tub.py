@@ -195,8 +195,9 @@ def _manifest(path: Path) -> tuple[list[str], list[str], list[str], set[int]]:
     return inputs, types, paths, set(deleted)
 
 
-def read_tub_v2(path: Path) -> tuple[list[tuple[Record, Path]], str]:
-    """The live records of a tub v2 with their image paths, in recording order."""
+def read_tub_v2(path: Path) -> tuple[list[tuple[Record, Path]], str, int]:
+    """The live records of a tub v2 with their image paths, in recording order; and how many
+    were left out (deleted, or without an image)."""
     inputs, types, paths, deleted = _manifest(path)
     key = _image_key(inputs, types, path)
     images = path / "images"
@@ -215,7 +216,7 @@ def read_tub_v2(path: Path) -> tuple[list[tuple[Record, Path]], str]:
             if index in deleted or key not in record:
                 continue
             out.append((record, images / record[key]))
-    return out, key
+    return out, key, position - len(out)
 
 
 def _json_file(path: Path, default: Any, kind: type, what: str) -> Any:
@@ -232,8 +233,9 @@ def _json_file(path: Path, default: Any, kind: type, what: str) -> Any:
     return value
 
 
-def read_tub_v1(path: Path) -> tuple[list[tuple[Record, Path]], str]:
-    """The records of a tub v1 (not in exclude.json), in index order, with their images."""
+def read_tub_v1(path: Path) -> tuple[list[tuple[Record, Path]], str, int]:
+    """The records of a tub v1 (not in exclude.json), in index order, with their images; and
+    how many were excluded."""
     meta = _json_file(path / V1_META, {}, dict, "a JSON object (inputs, types, start)")
     excluded = _json_file(path / "exclude.json", [], list, "a list of record numbers")
     if not all(_FIELDS["_index"][0](i) for i in excluded):
@@ -267,7 +269,7 @@ def read_tub_v1(path: Path) -> tuple[list[tuple[Record, Path]], str]:
         record.setdefault("_index", index)
         record.setdefault("_session_id", path.name)
         out.append((_checked(record, key, path, record_path.name), path / record[key]))
-    return out, key
+    return out, key, sum(index in excluded for index, _ in numbered)
 
 
 def fps_from_records(records: list[Record], default: float = DEFAULT_FPS) -> float:
@@ -301,7 +303,7 @@ class TubSource(Source):
             raise CarvisError(hint or f"{str(self.path)!r} is not a DonkeyCar tub (no "
                               f"{MANIFEST}, {V1_META} or record_N.json); give a tub folder")
         self.name = self.path.name
-        self._entries, self.image_key = _READERS[self.version](self.path)
+        self._entries, self.image_key, self.deleted = _READERS[self.version](self.path)
         if not self._entries:
             raise CarvisError(f"tub {str(self.path)!r} has no records with images (all "
                               "deleted, or never recorded); give a tub with records")
@@ -312,8 +314,9 @@ class TubSource(Source):
         self.skipped: list[str] = []
         self._pos = 0
         self._index = 0
-        log.info("tub %s (v%d): %d records, %d session(s), %.3g fps", self.name, self.version,
-                 self.frame_count, len(self.sessions), self.fps)
+        gone = f" ({self.deleted} deleted, skipped)" if self.deleted else ""
+        log.info("tub %s (v%d): %d records%s, %d session(s), %.3g fps", self.name, self.version,
+                 self.frame_count, gone, len(self.sessions), self.fps)
 
     def _next_entry(self) -> tuple[Record, Path] | None:
         """The next record and its image path; from the start again when looping."""
