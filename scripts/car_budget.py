@@ -95,8 +95,17 @@ def _name_threads() -> None:
     threading.Thread.start = start_and_name  # type: ignore[method-assign]
 
 
+class _NoKind:
+    """The floor's model kind: no signature, so no DonkeyCar pilot is looked for."""
+
+    def signature(self) -> Any:
+        raise NotImplementedError
+
+
 class FloorSession:
     """The floor's ModelSession: loads nothing."""
+
+    kind = _NoKind()
 
     def __init__(self, *_args: Any, **_kwargs: Any) -> None:
         pass
