@@ -1,0 +1,93 @@
+"""An ``.onnx`` file (a PyTorch-trained pilot, or a Keras / .tflite one converted by tf2onnx) on
+onnxruntime, no TensorFlow.
+
+Its facts (layers, conv:N, the steering head found by shape when the converter lost the names,
+VisualBackProp's path from the ops' attributes) are read from the graph once and cached with a
+copy whose layers are graph outputs; the forward modes (activation, vbp, occlusion, rise) and
+the HUD run from them. Gradient modes need the framework the model was trained in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from carvis import explain, models, settings
+from carvis.backends import Backend
+from carvis.backends.onnx import OnnxLayer, load
+from carvis.errors import CarvisError
+from carvis.kinds.base import KindOptions, ModelKind
+
+
+class OnnxKind(ModelKind):
+    """An ONNX model on onnxruntime; maps in carvis' (h, w, c) whatever its layout."""
+
+    name = "onnx"
+    described = ".onnx (PyTorch exports, converted pilots)"
+    backend_name = "onnxruntime"
+
+    def __init__(self, path: Path, options: KindOptions) -> None:
+        super().__init__(path, options)
+        if options.backend not in ("auto",):
+            raise CarvisError(f"{path.name} is an ONNX model: it runs on onnxruntime; use "
+                              f"--backend auto (not {options.backend})")
+        self.file, self.cached, _ = load(path, options.sha256(), options.num_threads)
+        meta = self.file.meta
+        rows = tuple(models.LayerInfo(i, n, t, tuple(s), conv, len(s) == 3)
+                     for i, (n, t, s, conv) in enumerate(self.file.facts.rows))
+        head = explain.SteeringHead(**{k: meta.head[k] for k in ("index", "layer", "units",
+                                                                  "softmax")}) \
+            if meta.head else None
+        self.facts = explain.ModelFacts(
+            name=path.name, input_shape=self.file.input_shape, rows=rows,
+            held=dict(self.file.output_shapes), shown=meta.shown, head=head, vbp=meta.vbp,
+            cam=None, meta=meta)
+        self._layers: dict[str, Backend] = {}
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() == ".onnx"
+
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.file.input_shape)
+
+    def conv_layers(self) -> list[str]:
+        return [row.name for row in self.facts.rows if row.is_conv and row.is_spatial]
+
+    def layer_names(self) -> list[str]:
+        return [row.name for row in self.facts.rows]
+
+    def layer_backend(self, spec: str | int) -> Backend:
+        name = self.facts.resolve(spec)
+        if name not in self._layers:
+            self._layers[name] = OnnxLayer(self.file, name)
+        return self._layers[name]
+
+    def explainer(self, mode: str, target: str, layer: str | None,
+                  smoothgrad: tuple[int, float] | None) -> explain.Explainer:
+        if mode in settings.GRADIENT_MODES:
+            raise CarvisError(f"mode {mode!r} needs gradients, which carvis computes with "
+                              "TensorFlow only; on an ONNX model use vbp, occlusion, rise or "
+                              "activation")
+        try:
+            return explain.make_explainer(mode, self.facts, layer=layer, target=target,
+                                          smoothgrad=smoothgrad, forward_factory=self._forward)
+        except CarvisError as exc:
+            what = "the HUD" if mode == "activation" else f"mode {mode!r}"
+            raise CarvisError(f"{what} on ONNX model {self.path.name}: {exc}") from None
+
+    def _forward(self, names: tuple[str, ...], steering: str) -> explain.Forward:
+        """The named outputs and the steering output (as explain.PREDICTION) of one run; a
+        batch of any size (the model's fixed batch, if it has one, is run in slices)."""
+        model = self.file
+        wanted = tuple(dict.fromkeys((*names, steering)))
+
+        def forward(batch: Any) -> dict[str, Any]:
+            out = model(batch, wanted)
+            result = {name: out[name] for name in names}
+            result[explain.PREDICTION] = out[steering]
+            return result
+
+        forward.backend = model.backend  # type: ignore[attr-defined]
+        forward.max_batch = model.max_batch or 64  # type: ignore[attr-defined]
+        return forward
