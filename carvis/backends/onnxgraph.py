@@ -261,23 +261,32 @@ def _record(g: Graph, k: int, name: str, lay: dict[str, str], names: dict[str, s
     return [record]
 
 
+def _path(g: Graph, t: str) -> tuple[list[int], str | None]:
+    """The nodes from the input to tensor t along single data inputs, shallow first; and the
+    tensor whose node has several (or none), if the walk stopped there."""
+    back: list[int] = []
+    while t not in g.inputs:
+        k = g.producer.get(t)
+        feeds = [] if k is None else g.data_inputs(k)
+        if len(feeds) != 1:
+            return back[::-1], t
+        back.append(k)
+        (t,) = feeds
+    return back[::-1], None
+
+
 def _vbp(g: Graph, head: dict, lay: dict[str, str], names: dict[str, str]
          ) -> tuple[dict, set[str]]:
     """VisualBackProp's path: the nodes from the input to the last 4-D tensor before the head,
     as records; and the tensors on it a tap can be."""
-    chain: list[int] = []
-    t = head["tensor"]
-    while t not in g.inputs:
-        k = g.producer.get(t)
-        feeds = g.data_inputs(k) if k is not None else []
-        if len(feeds) != 1:
-            what = g.nodes[k].op_type if k is not None else "?"
-            return {"error": f"vbp follows one path from the output to the input, but node "
-                             f"{what} ({names.get(t, t)!r}) has {len(feeds)} data inputs; use "
-                             "--mode occlusion or activation"}, set()
-        chain.append(k)
-        t = feeds[0]
-    chain.reverse()
+    chain, stuck = _path(g, head["tensor"])
+    if stuck is not None:
+        k = g.producer.get(stuck)
+        what = g.nodes[k].op_type if k is not None else "?"
+        n = len(g.data_inputs(k)) if k is not None else 0
+        return {"error": f"vbp follows one path from the output to the input, but node "
+                         f"{what} ({names.get(stuck, stuck)!r}) has {n} data inputs; use "
+                         "--mode occlusion or activation"}, set()
     spatial = [i for i, k in enumerate(chain) if g.nodes[k].output[0] in lay]
     chain = chain[: spatial[-1] + 1] if spatial else []
     records: list[dict] = []
@@ -347,12 +356,10 @@ def describe(g: Graph, source: str) -> Described:
                       i > 0 and row.ops[0] == "Conv" and row.tensor in lay))
     shown = tuple(name for name, _, _, conv in table if conv)
     head.pop("tensor", None)
-    meta = LayerMeta(
-        layer=shown[0] if shown else rows[-1].name, layers=len(rows),
-        input_shape=table[0][2], model=source, conv_layers=shown,
-        layer_names=tuple(r[0] for r in table), outputs=tuple(tensors), shown=shown,
-        layer_types=tuple(r[1] for r in table), layer_shapes=tuple(r[2] for r in table),
-        head=head or None, vbp=vbp, derived=True)
+    columns = dict(zip(("layer_names", "layer_types", "layer_shapes"), zip(*table), strict=False))
+    meta = LayerMeta(layer=(shown or (rows[-1].name,))[0], layers=len(rows), model=source,
+                     input_shape=table[0][2], conv_layers=shown, outputs=tuple(tensors),
+                     shown=shown, head=head or None, vbp=vbp, derived=True, **columns)
     kept = [*tensors.values(), *g.inputs]
     return Described(meta, tensors, {t: lay[t] for t in kept if t in lay}, table, split)
 

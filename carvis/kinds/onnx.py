@@ -10,11 +10,12 @@ the HUD run from them. Gradient modes need the framework the model was trained i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from carvis import explain, models, settings
 from carvis.backends import Backend
-from carvis.backends.onnx import OnnxLayer, load
+from carvis.backends.onnx import OnnxLayer, OnnxModel, load
 from carvis.errors import CarvisError
 from carvis.kinds.base import KindOptions, ModelKind
 
@@ -25,6 +26,10 @@ class OnnxKind(ModelKind):
     name = "onnx"
     described = ".onnx (PyTorch exports, converted pilots)"
     backend_name = "onnxruntime"
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() == ".onnx"
 
     def __init__(self, path: Path, options: KindOptions) -> None:
         super().__init__(path, options)
@@ -44,10 +49,6 @@ class OnnxKind(ModelKind):
             cam=None, meta=meta)
         self._layers: dict[str, Backend] = {}
 
-    @classmethod
-    def claims(cls, path: Path) -> bool:
-        return path.is_file() and path.suffix.lower() == ".onnx"
-
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.file.input_shape)
 
@@ -59,9 +60,7 @@ class OnnxKind(ModelKind):
 
     def layer_backend(self, spec: str | int) -> Backend:
         name = self.facts.resolve(spec)
-        if name not in self._layers:
-            self._layers[name] = OnnxLayer(self.file, name)
-        return self._layers[name]
+        return self._layers.setdefault(name, OnnxLayer(self.file, name))
 
     def explainer(self, mode: str, target: str, layer: str | None,
                   smoothgrad: tuple[int, float] | None) -> explain.Explainer:
@@ -69,25 +68,28 @@ class OnnxKind(ModelKind):
             raise CarvisError(f"mode {mode!r} needs gradients, which carvis computes with "
                               "TensorFlow only; on an ONNX model use vbp, occlusion, rise or "
                               "activation")
+        options = {"layer": layer, "target": target, "smoothgrad": smoothgrad,
+                   "forward_factory": lambda names, steering: _Forward(self.file, names, steering)}
         try:
-            return explain.make_explainer(mode, self.facts, layer=layer, target=target,
-                                          smoothgrad=smoothgrad, forward_factory=self._forward)
+            return explain.make_explainer(mode, self.facts, **options)
         except CarvisError as exc:
             what = "the HUD" if mode == "activation" else f"mode {mode!r}"
             raise CarvisError(f"{what} on ONNX model {self.path.name}: {exc}") from None
 
-    def _forward(self, names: tuple[str, ...], steering: str) -> explain.Forward:
-        """The named outputs and the steering output (as explain.PREDICTION) of one run; a
-        batch of any size (the model's fixed batch, if it has one, is run in slices)."""
-        model = self.file
-        wanted = tuple(dict.fromkeys((*names, steering)))
 
-        def forward(batch: Any) -> dict[str, Any]:
-            out = model(batch, wanted)
-            result = {name: out[name] for name in names}
-            result[explain.PREDICTION] = out[steering]
-            return result
+class _Forward:
+    """One OnnxModel run as the explainers call it (explain.Forward): the named outputs and the
+    steering output as explain.PREDICTION, for a batch of any size."""
 
-        forward.backend = model.backend  # type: ignore[attr-defined]
-        forward.max_batch = model.max_batch or 64  # type: ignore[attr-defined]
-        return forward
+    backend = OnnxModel.backend
+
+    def __init__(self, model: OnnxModel, names: tuple[str, ...], steering: str) -> None:
+        self.model, self.names, self.steering = model, names, steering
+        self.wanted = tuple(dict.fromkeys((*names, steering)))
+        self.max_batch = model.max_batch or 64  # a free batch dimension: 64 at a time
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.model(batch, self.wanted)
+        result = {name: out[name] for name in self.names}
+        result[explain.PREDICTION] = out[self.steering]
+        return result
