@@ -79,7 +79,7 @@ def curves(image: np.ndarray, ranking: np.ndarray, predict: Callable[[np.ndarray
     batch = np.empty((2 * len(FRACTIONS) + 2, h * w, flat.shape[1]), np.float32)
     batch[0], batch[1] = flat, soft
     for i, fraction in enumerate(FRACTIONS):
-        top = ranking[: int(round(fraction * h * w))]
+        top = ranking[: round(fraction * h * w)]
         deleted, inserted = batch[2 + 2 * i], batch[3 + 2 * i]
         deleted[:], inserted[:] = flat, soft
         deleted[top], inserted[top] = soft[top], flat[top]
@@ -188,8 +188,8 @@ def table(report: dict[str, Any]) -> str:
     """The scores as aligned text, best first, with their lead over the random map."""
     modes = report["modes"]
     floor = modes[RANDOM]
-    lines = [f"{'mode':<16}{'deletion':>10}{'- random':>10}{'insertion':>11}{'- random':>10}"
-             f"{'map ms':>9}"]
+    lines = [(f"{'mode':<16}{'deletion':>10}{'- random':>10}{'insertion':>11}{'- random':>10}"
+             f"{'map ms':>9}")]
     for mode, s in ranked(report):
         lines.append(f"{mode:<16}{s['deletion']:>10.4f}{s['deletion'] - floor['deletion']:>+10.4f}"
                      f"{s['insertion']:>11.4f}{s['insertion'] - floor['insertion']:>+10.4f}"
