@@ -132,8 +132,6 @@ class Scorer:
         frame = x[0]
         prediction = self.runner.predict(x)[0]
         coefficients = self.runner.target.coefficients(prediction).astype(np.float64)
-        blurred = blur(frame)
-        shape = frame.shape[:2]
         maps: dict[str, np.ndarray] = {}
         for mode, explainer in self.explainers.items():
             t0 = time.perf_counter()
@@ -144,11 +142,17 @@ class Scorer:
                                          self.profile.channel)
             self.scores[mode].map_ms += (time.perf_counter() - t0) * 1e3
             maps[mode] = amap
-        maps[RANDOM] = self.rng.random(shape)
+        self.add_maps(frame, maps, coefficients)
+
+    def add_maps(self, frame: np.ndarray, maps: dict[str, np.ndarray],
+                 coefficients: np.ndarray) -> None:
+        """Score some maps of one model input (H, W, C), and a random map beside them."""
+        blurred = blur(frame)
+        maps = {**maps, RANDOM: self.rng.random(frame.shape[:2])}
         for mode, amap in maps.items():
-            order = ranking(amap, shape, self.rng)
-            self.scores[mode].add(*curves(frame, order, self.runner.predict, coefficients,
-                                          blurred))
+            order = ranking(amap, frame.shape[:2], self.rng)
+            self.scores.setdefault(mode, ModeScore()).add(*curves(
+                frame, order, self.runner.predict, coefficients, blurred))
 
     def report(self) -> dict[str, Any]:
         """The JSON the command writes: the method, its parameters, every mode's scores."""

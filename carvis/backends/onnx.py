@@ -251,6 +251,15 @@ def _read(path: Path, sha256: str) -> tuple[bytes, OnnxFacts]:
     return kept.SerializeToString(), facts
 
 
+def describe_file(path: str | Path) -> str:
+    """`carvis layers` of an .onnx file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CarvisError(f"{path}: model file not found; check the path")
+    model, _, _ = load(path, conversion_cache.file_sha256(path))
+    return describe(model, path.name)
+
+
 def describe(model: OnnxModel, name: str) -> str:
     """What `carvis layers` shows for an ONNX model: its layers, shapes, what the modes use."""
     meta = model.meta
