@@ -92,6 +92,13 @@ def layouts(g: Graph) -> dict[str, str]:
                 moved = "".join(src[p] for p in perm) if src else ""
                 if moved in ("NCHW", "NHWC"):
                     out[t] = moved
+            elif node.op_type in ("Reshape", "Squeeze", "Unsqueeze") and data and \
+                    data[0] in out:  # tf2onnx reshapes a 1-channel NCHW map to NHWC
+                h, w, c = hwc(g.shapes[data[0]], out[data[0]])
+                shape = tuple(g.shapes[t][1:])
+                found = {(h, w, c): "NHWC", (c, h, w): "NCHW"}.get(shape)
+                if found:
+                    out[t] = found
             elif data and data[0] in out and (g.shapes.get(data[0]) == g.shapes.get(t) or
                                                node.op_type in ("Pad", "Resize", "Upsample",
                                                                 "Concat")):
@@ -149,7 +156,8 @@ def _rows(g: Graph, lay: dict[str, str]) -> list[_Row]:
     for k, node in enumerate(g.nodes):
         if node.op_type == "Constant" or not node.output or node.output[0] in g.static:
             continue
-        if node.op_type == "Transpose" and node.output[0] in lay:
+        if node.op_type in ("Transpose", "Reshape", "Squeeze", "Unsqueeze") and \
+                node.output[0] in lay and g.data_inputs(k)[:1] and g.data_inputs(k)[0] in lay:
             continue  # a layout change (a converter's NHWC ↔ NCHW), not a layer
         out, last = node.output[0], rows[-1]
         if (last.ops[0] == "Conv" and node.op_type in _ACTIVATIONS | _PIXELWISE - {"Transpose"}
@@ -254,6 +262,8 @@ def _record(g: Graph, k: int, name: str, lay: dict[str, str], names: dict[str, s
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         record.update(type="UpSampling2D", config={"size": [out_hw[0] // hi, out_hw[1] // wi],
                                                     "interpolation": mode})
+    elif op in ("Reshape", "Squeeze", "Unsqueeze") and out in lay:
+        record["type"] = "Identity"  # a layout change of a 1-channel map: same pixels
     elif op == "Pad":
         record["type"] = op  # geometry names it: vbp refuses rather than guess its pads
     elif op not in _PIXELWISE:
