@@ -272,9 +272,11 @@ def describe(model: OnnxModel, name: str) -> str:
         notes[head["layer"]] = f"steering, {head.get('units')} unit(s), {kind} (HUD)"
     rows = [models.LayerInfo(i, n, t, tuple(s), conv, len(s) == 3)
             for i, (n, t, s, conv) in enumerate(model.facts.rows)]
-    vbp = (meta.vbp or {}).get("chain") and "vbp" or (meta.vbp or {}).get("error", "")
-    modes = ", ".join(x for x in ("HUD" if head else "", vbp,
+    chain = (meta.vbp or {}).get("chain")
+    modes = ", ".join(x for x in ("HUD" if head else "", "vbp" if chain else "",
                                   "occlusion, rise" if head else "") if x)
+    if head and not chain:
+        modes += f" (no vbp: {(meta.vbp or {}).get('error', 'no path')})"
     layout = "NCHW (channels first)" if model.channels_first else "NHWC"
     header = (f"{name}: an ONNX model read from its graph ({layout} input, shown as "
               f"(h, w, c)); input {shape_text(meta.input_shape)}; modes beyond activation: "
