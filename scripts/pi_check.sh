@@ -22,8 +22,10 @@
 #      own OpenCV 5.0 and numpy 2.4), and minmax + threshold amplify that. So: "rounding" = at most 0.1% of the
 #      pixels differ on the same frames; "near" = at most 5% of the synthetic render's pixels off by more than 2.
 #   5. an ONNX model on onnxruntime (the install's [onnx] extra) with the system numpy: `carvis render` of the same
-#      8 frames with tests/data/pilotnet.onnx (a PyTorch export, NCHW) in --mode vbp --hud, compared with the
-#      laptop's render of the same command as in 4 ("rounding").
+#      8 frames with tests/data/pilotnet.onnx (a PyTorch export, NCHW) in --mode vbp, compared with the laptop's
+#      render: "rounding" = at most 0.1% of the pixels off by more than 2 levels (OpenCV 4.11's resize and colormap
+#      against the laptop's 5.x differ by 1-2 levels; the maps themselves agree within 3e-7 relative). No --hud
+#      here: its text is drawn differently by those two OpenCVs on every frame, whatever the model.
 # Then prints a table; exit 0 when every suite passes. Takes ~3.5 min for both on this 2-core machine once the roots
 # exist. Emulated timing means nothing (qemu): the seconds say how long the check takes, not how fast a Pi is.
 # Env: PI_INSTALL=file   install lines to use instead of the README's block (to try a change before the README has it)
@@ -39,7 +41,7 @@ HOST_CARVIS=${HOST_CARVIS:-$REPO/.venv/bin/carvis}
 HOST_PY=$(dirname "$HOST_CARVIS")/python
 SUITES=${*:-bookworm trixie}
 RENDER=(render "synthetic:frames=30" --model models/default.tflite --quiet)
-ONNX_RENDER=(--model tests/data/pilotnet.onnx --mode vbp --hud --quiet)
+ONNX_RENDER=(--model tests/data/pilotnet.onnx --mode vbp --quiet)
 [ "$(id -u)" -eq 0 ] || { echo "pi_check: run as root (chroot, mounts)" >&2; exit 2; }
 [ -x "$HOST_CARVIS" ] || { echo "pi_check: no laptop carvis at $HOST_CARVIS (HOST_CARVIS=...)" >&2; exit 2; }
 WORK=$(mktemp -d /tmp/pi_check.XXXXXX)
@@ -93,7 +95,7 @@ if /src/.venv/bin/carvis layers $out/model.h5 > $out/layers.txt 2>> $log; then r
 if /src/.venv/bin/carvis "$@" -o $out/render/ >> $log 2>&1; then res render ok; else res render FAIL; fi
 if /src/.venv/bin/carvis render $out/frames --model models/default.tflite --quiet -o $out/render-frames/ >> $log 2>&1
 then res render_frames ok; else res render_frames FAIL; fi
-if /src/.venv/bin/carvis render $out/frames --model tests/data/pilotnet.onnx --mode vbp --hud --quiet -o $out/render-onnx/ >> $log 2>&1
+if /src/.venv/bin/carvis render $out/frames --model tests/data/pilotnet.onnx --mode vbp --quiet -o $out/render-onnx/ >> $log 2>&1
 then res render_onnx ok; else res render_onnx FAIL; fi
 res onnxruntime "$($PY -c 'import onnxruntime; print(onnxruntime.__version__)' 2>>$log || echo '?')"
 res checks_s $(( $(date +%s) - t ))
@@ -144,7 +146,7 @@ PY
   render=${r[render]:-FAIL} frames=${r[render_frames]:-FAIL} onnxr=${r[render_onnx]:-FAIL}
   [ "$render" = ok ] && render=$(compare "$WORK/host-render" "$src/.pi_check/render" 2 0.05 near)
   [ "$frames" = ok ] && frames=$(compare "$WORK/host-frames" "$src/.pi_check/render-frames" 0 0.001 rounding)
-  [ "$onnxr" = ok ] && onnxr=$(compare "$WORK/host-onnx" "$src/.pi_check/render-onnx" 0 0.001 rounding)
+  [ "$onnxr" = ok ] && onnxr=$(compare "$WORK/host-onnx" "$src/.pi_check/render-onnx" 2 0.001 rounding)
   [ "${r[install]:-FAIL}" = ok ] || { echo "pi_check: $suite: install failed:"; tail -25 "$src/.pi_check/inner.log"; }
   [ "${r[bottleneck]:-FAIL}" = ok ] || grep -m3 -E 'Error|error' "$src/.pi_check/inner.log" | sed 's/^/    /' || true
   summary+=("$suite|${r[python]:-?}|${r[numpy]:-?}|${r[cv2]:-?}|${r[install]:-FAIL}|${r[bottleneck]:-FAIL}|${r[no_tf]:-FAIL}|$layers|$render|$frames|${r[onnxruntime]:-?}: $onnxr|$((SECONDS - t0)) (install ${r[install_s]:-?}, checks ${r[checks_s]:-?})")
