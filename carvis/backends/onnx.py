@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,16 +71,9 @@ class OnnxModel:
     backend = "onnxruntime"
 
     def __init__(self, data: bytes | str, source: str, facts: OnnxFacts,
-                 num_threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(num_threads))
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # its warnings would reach the console raw
+                 num_threads: int = 1, opened: Any = None) -> None:
         try:
-            self.session = ort.InferenceSession(data, options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = opened or session(data, num_threads)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             raise CarvisError(f"{source}: onnxruntime cannot load this model "
                               f"({models.files.first_line(exc)})") from None
@@ -189,19 +183,28 @@ def load(path: str | Path, sha256: str, num_threads: int = 1) -> tuple[OnnxModel
     return OnnxModel(data, name, facts, num_threads), cached, True
 
 
-def _from_cache(cached: Path, name: str, sha256: str, num_threads: int) -> OnnxModel | None:
+def session(data: bytes, num_threads: int = 1) -> Any:
+    """An onnxruntime session on the CPU (the one place carvis makes one), its log quiet."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(num_threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # its warnings would reach the console raw
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _from_cache(cached: Path, name: str, sha256: str, num_threads: int) -> OnnxModel | None:
     try:
         data = cached.read_bytes()
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        text = session.get_modelmeta().custom_metadata_map.get(META_KEY, "")
+        opened = session(data, num_threads)
+        text = opened.get_modelmeta().custom_metadata_map.get(META_KEY, "")
     except Exception:  # noqa: BLE001 - a damaged cache file is made again
         return None
     facts = OnnxFacts.from_json(text)
     if facts is None or facts.sha256 != sha256:
         return None
-    return OnnxModel(data, name, facts, num_threads)
+    return OnnxModel(data, name, facts, num_threads, opened)
 
 
 def _read(path: Path, sha256: str) -> tuple[bytes, OnnxFacts]:
@@ -211,8 +214,6 @@ def _read(path: Path, sha256: str) -> tuple[bytes, OnnxFacts]:
     except ImportError:
         raise CarvisError(f"{path.name}: reading an ONNX model's layers needs the onnx package "
                           f"the first time; {ONNX_HELP}") from None
-    import onnxruntime as ort
-
     from carvis.backends import onnxgraph
 
     try:
@@ -234,9 +235,7 @@ def _read(path: Path, sha256: str) -> tuple[bytes, OnnxFacts]:
                           "needs a fixed-size image (batch, H, W, C) or (batch, C, H, W)")
     x = np.zeros([1, *dims[1:]], np.float32)
     try:
-        session = ort.InferenceSession(trial.SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
-        values = session.run(list(wanted), {inputs[0].name: x})
+        values = session(trial.SerializeToString()).run(list(wanted), {inputs[0].name: x})
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise CarvisError(f"{path.name}: onnxruntime cannot run this model "
                           f"({models.files.first_line(exc)})") from None
