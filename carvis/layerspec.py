@@ -82,6 +82,9 @@ def find(rows: Sequence[Row], spec: Any, model: str = "the model") -> Row:
     if key.startswith("conv:"):
         convs = [row for row in rows if row.is_conv]
         k = int(key[5:])
+        if not convs:
+            raise CarvisError(f"layer spec {key!r}: model {model!r} has no conv layers; give "
+                              "--layer a name or index (`carvis layers MODEL` lists them)")
         if k > len(convs):
             names = ", ".join(row.name for row in convs) or "none"
             raise CarvisError(f"layer spec {key!r}: model {model!r} has only {len(convs)} conv "

@@ -265,7 +265,7 @@ class MapMaker:
         if mode == "activation" and (not steering or (self.pilot is not None
                                                       and self.pilot.runs_whole)):
             return None
-        smooth = smoothgrad if mode in ("saliency", "guided") else None
+        smooth = explain.mode_parameters(mode, smoothgrad, self.profile)
         uses_layer = mode in ("activation", "gradcam", "guided-gradcam") or target == "layer"
         return self.session.explainer(mode, target, backend.layer_name if uses_layer else None,
                                       smooth)

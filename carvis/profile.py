@@ -55,6 +55,10 @@ GENERIC: dict[str, Any] = {
     "view": "overlay",
     "hud": False,
     "compare": False,
+    # occlusion and rise (forward-only causal modes): the patch and its stride in model-input
+    # pixels (null: a fifth of the input's shorter side, half that); rise's masks and cells.
+    "occlusion": {"patch": None, "stride": None},
+    "rise": {"masks": None, "cells": None},
 }
 
 @dataclasses.dataclass
@@ -113,6 +117,8 @@ class Profile:
     view: str = "overlay"
     hud: bool = False
     compare: bool = False
+    occlusion: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rise: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Profile:
         """A copy with some values changed, validated like the file's."""
@@ -162,6 +168,8 @@ class Profile:
             "view": self.view,
             "hud": self.hud,
             "compare": self.compare,
+            "occlusion": dict(self.occlusion),
+            "rise": dict(self.rise),
         }
 
 
@@ -231,6 +239,8 @@ def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | N
     if values["normalize"] == "fixed" and values["range"] is None:
         raise CarvisError(f"{source}: normalize: fixed needs range: [low, high]")
     cam = settings.camera(d["camera"], origin)
+    causal = {mode: {key: settings.check(f"{mode}.{key}", value, origin)
+                     for key, value in d[mode].items()} for mode in ("occlusion", "rise")}
     return Profile(
         name=str(d["name"]),
         model=model,
@@ -238,6 +248,7 @@ def parse(data: dict[str, Any] | None, source: str = "<profile>", base: Path | N
         **pre,
         camera={**cam, "size": list(cam["size"]) if cam["size"] else None},
         source=source,
+        **causal,
         **values,
     )
 

@@ -18,11 +18,12 @@ import cv2
 from carvis import layerspec, limits
 from carvis.errors import CarvisError, shown
 
-MODES = ("activation", "vbp", "gradcam", "saliency", "guided", "guided-gradcam", "cam")
+MODES = ("activation", "vbp", "gradcam", "saliency", "guided", "guided-gradcam", "cam",
+         "occlusion", "rise")
 #: Modes that need TensorFlow's gradients (never LiteRT).
 GRADIENT_MODES = ("gradcam", "saliency", "guided", "guided-gradcam")
 #: Modes computed from layer outputs alone: they run from a multi-output LiteRT model too.
-FORWARD_MODES = ("activation", "vbp", "cam")
+FORWARD_MODES = ("activation", "vbp", "cam", "occlusion", "rise")
 #: Names of the steering targets (plus "bin:K" and "layer" / "layer:SPEC").
 TARGETS = ("predicted", "left", "right", "straight", "course")
 VIEWS = ("overlay", "grid")
@@ -261,6 +262,11 @@ CHECKERS: dict[str, Callable[[Any], Any]] = {
     "camera.vflip": flag,
     "camera.rotate": rotation,
     "map_fps": _float(number(0.1, 240)),
+    # occlusion's patch and stride, rise's masks and cells (None: from the input's size)
+    "occlusion.patch": lambda v: None if v is None else int(number(1, 4096, integer=True)(v)),
+    "occlusion.stride": lambda v: None if v is None else int(number(1, 4096, integer=True)(v)),
+    "rise.masks": lambda v: None if v is None else int(number(1, 20000, integer=True)(v)),
+    "rise.cells": lambda v: None if v is None else int(number(2, 64, integer=True)(v)),
 }
 
 

@@ -21,6 +21,11 @@
 #      The synthetic track itself is drawn 1-2 levels differently on aarch64 (~78% of pixels, even with the laptop's
 #      own OpenCV 5.0 and numpy 2.4), and minmax + threshold amplify that. So: "rounding" = at most 0.1% of the
 #      pixels differ on the same frames; "near" = at most 5% of the synthetic render's pixels off by more than 2.
+#   5. an ONNX model on onnxruntime (the install's [onnx] extra) with the system numpy: `carvis render` of the same
+#      8 frames with tests/data/pilotnet.onnx (a PyTorch export, NCHW) in --mode vbp, compared with the laptop's
+#      render: "rounding" = at most 0.1% of the pixels off by more than 2 levels (OpenCV 4.11's resize and colormap
+#      against the laptop's 5.x differ by 1-2 levels; the maps themselves agree within 3e-7 relative). No --hud
+#      here: its text is drawn differently by those two OpenCVs on every frame, whatever the model.
 # Then prints a table; exit 0 when every suite passes. Takes ~3.5 min for both on this 2-core machine once the roots
 # exist. Emulated timing means nothing (qemu): the seconds say how long the check takes, not how fast a Pi is.
 # Env: PI_INSTALL=file   install lines to use instead of the README's block (to try a change before the README has it)
@@ -36,6 +41,7 @@ HOST_CARVIS=${HOST_CARVIS:-$REPO/.venv/bin/carvis}
 HOST_PY=$(dirname "$HOST_CARVIS")/python
 SUITES=${*:-bookworm trixie}
 RENDER=(render "synthetic:frames=30" --model models/default.tflite --quiet)
+ONNX_RENDER=(--model tests/data/pilotnet.onnx --mode vbp --quiet)
 [ "$(id -u)" -eq 0 ] || { echo "pi_check: run as root (chroot, mounts)" >&2; exit 2; }
 [ -x "$HOST_CARVIS" ] || { echo "pi_check: no laptop carvis at $HOST_CARVIS (HOST_CARVIS=...)" >&2; exit 2; }
 WORK=$(mktemp -d /tmp/pi_check.XXXXXX)
@@ -62,6 +68,7 @@ for p in sorted(Path(sys.argv[1]).glob("*.jpg"))[:8]:
     cv2.imwrite(str(out / (p.stem + ".png")), cv2.imread(str(p)))
 PY
 (cd "$REPO" && "$HOST_CARVIS" render "$WORK/frames" --model models/default.tflite --quiet -o "$WORK/host-frames/" >/dev/null)
+(cd "$REPO" && "$HOST_CARVIS" render "$WORK/frames" "${ONNX_RENDER[@]}" -o "$WORK/host-onnx/" >/dev/null)
 echo "pi_check: laptop reference $((SECONDS - t))s"
 
 # What runs inside a root: /src is a fresh copy of the working tree, read-write (it lives in $WORK on the host).
@@ -88,6 +95,9 @@ if /src/.venv/bin/carvis layers $out/model.h5 > $out/layers.txt 2>> $log; then r
 if /src/.venv/bin/carvis "$@" -o $out/render/ >> $log 2>&1; then res render ok; else res render FAIL; fi
 if /src/.venv/bin/carvis render $out/frames --model models/default.tflite --quiet -o $out/render-frames/ >> $log 2>&1
 then res render_frames ok; else res render_frames FAIL; fi
+if /src/.venv/bin/carvis render $out/frames --model tests/data/pilotnet.onnx --mode vbp --quiet -o $out/render-onnx/ >> $log 2>&1
+then res render_onnx ok; else res render_onnx FAIL; fi
+res onnxruntime "$($PY -c 'import onnxruntime; print(onnxruntime.__version__)' 2>>$log || echo '?')"
 res checks_s $(( $(date +%s) - t ))
 EOF
 
@@ -133,22 +143,24 @@ verdict = "exact" if worst == 0 else (word if off <= share * total else "NO")
 print(f"{verdict}: {len(a)} fr, {100 * diff / total:.3g}% px differ, {100 * off / total:.2g}% by >{levels}, max {worst}")
 PY
   }
-  render=${r[render]:-FAIL} frames=${r[render_frames]:-FAIL}
+  render=${r[render]:-FAIL} frames=${r[render_frames]:-FAIL} onnxr=${r[render_onnx]:-FAIL}
   [ "$render" = ok ] && render=$(compare "$WORK/host-render" "$src/.pi_check/render" 2 0.05 near)
   [ "$frames" = ok ] && frames=$(compare "$WORK/host-frames" "$src/.pi_check/render-frames" 0 0.001 rounding)
+  [ "$onnxr" = ok ] && onnxr=$(compare "$WORK/host-onnx" "$src/.pi_check/render-onnx" 2 0.001 rounding)
   [ "${r[install]:-FAIL}" = ok ] || { echo "pi_check: $suite: install failed:"; tail -25 "$src/.pi_check/inner.log"; }
   [ "${r[bottleneck]:-FAIL}" = ok ] || grep -m3 -E 'Error|error' "$src/.pi_check/inner.log" | sed 's/^/    /' || true
-  summary+=("$suite|${r[python]:-?}|${r[numpy]:-?}|${r[cv2]:-?}|${r[install]:-FAIL}|${r[bottleneck]:-FAIL}|${r[no_tf]:-FAIL}|$layers|$render|$frames|$((SECONDS - t0)) (install ${r[install_s]:-?}, checks ${r[checks_s]:-?})")
+  summary+=("$suite|${r[python]:-?}|${r[numpy]:-?}|${r[cv2]:-?}|${r[install]:-FAIL}|${r[bottleneck]:-FAIL}|${r[no_tf]:-FAIL}|$layers|$render|$frames|${r[onnxruntime]:-?}: $onnxr|$((SECONDS - t0)) (install ${r[install_s]:-?}, checks ${r[checks_s]:-?})")
   cp "$src/.pi_check/inner.log" "$WORK/$suite/inner.log"
   [ -n "${KEEP:-}" ] || rm -rf --one-file-system "$src"
   unset r
 done
 
 echo
-{ echo "suite|python|numpy in venv|cv2|install|bottleneck|no TF|layers (.h5)|render synthetic vs laptop|render same frames vs laptop|seconds"
+{ echo "suite|python|numpy in venv|cv2|install|bottleneck|no TF|layers (.h5)|render synthetic vs laptop|render same frames vs laptop|onnxruntime: ONNX render vs laptop|seconds"
   printf '%s\n' "${summary[@]}"; } | column -t -s '|'
-bad=0; for s in "${summary[@]}"; do IFS='|' read -r _ _ np _ in bn tf ly rd fr _ <<< "$s"
+bad=0; for s in "${summary[@]}"; do IFS='|' read -r _ _ np _ in bn tf ly rd fr ox _ <<< "$s"
   [[ $in = ok && $bn = ok && $tf = ok && $ly = ok && $rd =~ ^(exact|near) && $fr =~ ^(exact|rounding) &&
+     ${ox#*: } =~ ^(exact|rounding) &&
      $np = *"(system)" ]] || bad=1; done
 [ -n "${KEEP:-}" ] && echo "pi_check: work dir kept: $WORK"
 exit $bad

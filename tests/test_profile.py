@@ -88,3 +88,15 @@ def test_replace_overrides_and_validates():
                                           ("CONV:4", "conv:4"), ("dense_1", "dense_1"), (5, 5)])
 def test_layer_specs(spec, parsed):
     assert layerspec.parse(spec) == parsed
+
+
+def test_conv_n_on_a_model_without_conv_layers_says_so():
+    """A dense-only model (a linear pilot) has no conv:N: one line that says what to give."""
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(name="flatten", is_conv=False),
+            SimpleNamespace(name="steering", is_conv=False)]
+    with pytest.raises(CarvisError) as err:
+        layerspec.find(rows, "conv:2", "linear.onnx")
+    assert str(err.value) == ("layer spec 'conv:2': model 'linear.onnx' has no conv layers; "
+                              "give --layer a name or index (`carvis layers MODEL` lists them)")

@@ -15,7 +15,7 @@ import warnings
 from typing import ClassVar
 
 from carvis import __version__
-from carvis.cli import bench, render, review, run, tools
+from carvis.cli import bench, render, review, run, score, tools
 from carvis.errors import CarvisError
 
 #: command → (adds its flags, runs it), in the order `carvis --help` lists them.
@@ -27,6 +27,7 @@ COMMANDS = {
     "export": (tools.add_export, tools.cmd_export),
     "bench": (bench.add_parser, bench.cmd_bench),
     "review": (review.add_parser, review.cmd_review),
+    "score": (score.add_parser, score.cmd_score),
 }
 
 

@@ -27,7 +27,7 @@ def add_backend_args(p: Any, backend: bool = True) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and overlay (override the profile)")
-    g.add_argument("--model", "-m", help="car model: .h5 (Keras 1/2/3), .keras or .tflite "
+    g.add_argument("--model", "-m", help="car model: .h5 (Keras 1/2/3), .keras, .tflite or .onnx "
                    "(default: the project's own models/default.keras)")
     g.add_argument("--profile", "-p", help="YAML profile (default: models/default.yaml, or a "
                    "generic one when --model is given)")

@@ -35,8 +35,8 @@ def add_layers(sub: Any) -> None:
                         description="Index, name, type and output shape of every layer, with "
                         "conv:N marked: what --layer takes. A .h5 needs no TensorFlow (its "
                         "config is read with h5py); a .tflite shows what it holds.")
-    la.add_argument("model", help="model file (.h5, .keras, or a .tflite: carvis' export or "
-                    "a car's own model file)")
+    la.add_argument("model", help="model file (.h5, .keras, .onnx, or a .tflite: carvis' "
+                    "export or a car's own model file)")
     add_backend_args(la, backend=False)
 
 
@@ -65,6 +65,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     if models.is_tflite(args.model):
         print(litert.describe(args.model))
+        return 0
+    if str(args.model).lower().endswith(".onnx"):
+        from carvis.backends import onnx
+
+        print(onnx.describe_file(args.model))
         return 0
     # The file's own config is JSON: h5py alone reads the table, in a fraction of a second,
     # with or without TensorFlow installed (importing it took 4.3 s); a file whose config

@@ -12,6 +12,9 @@ own module (:mod:`.targets`), and one small file per method that says only what 
                 positive gradients through positive activations.
 ``guided-gradcam``  guided x Grad-CAM (the Grad-CAM map bilinearly resized to the input).
 ``cam``         class activation mapping, for heads GlobalAveragePooling2D -> Dense.
+``occlusion``   the target score's drop as a patch of the mean colour slides over the input;
+                forward-only, batched (every backend).
+``rise``        RISE: the target score of copies under random smooth masks, summed per pixel.
 
 The names of modes and targets, and their checks, are :mod:`carvis.settings`'.
 """
@@ -33,7 +36,9 @@ from carvis.explain.geometry import AxisOp, layer_geometry
 from carvis.explain.gradcam import GradCAM, GuidedGradCAM, gradcam_map
 from carvis.explain.graph import SteeringHead, steering_head
 from carvis.explain.guided import guided_clone
-from carvis.explain.registry import EXPLAINERS, make_explainer, parse_mode
+from carvis.explain.occlusion import Occlusion, Perturbation
+from carvis.explain.registry import EXPLAINERS, make_explainer, mode_parameters, parse_mode
+from carvis.explain.rise import RISE
 from carvis.explain.saliency import GuidedBackprop, Saliency, saliency_map
 from carvis.explain.targets import (
     SMALL_VALUES_EPS,
@@ -51,12 +56,50 @@ from carvis.explain.vbp import VBPPlan, VisualBackProp, vbp_plan
 from carvis.settings import FORWARD_MODES, GRADIENT_MODES, MODES, TARGETS
 
 __all__ = [
-    "CAM", "EXPLAINERS", "FORWARD_MODES", "GRADIENT_MODES", "INPUT", "MODES", "PREDICTION",
-    "SMALL_VALUES_EPS", "TARGETS", "ActivationExplainer", "AxisOp", "BinsTarget", "CourseTarget",
-    "Explainer", "Explanation", "Forward", "GradCAM", "GuidedBackprop", "GuidedGradCAM",
-    "LayerTarget", "ModelFacts", "PredictedBin", "Saliency", "SteerTarget", "SteeringHead",
-    "Target", "VBPPlan", "VisualBackProp", "cam_head", "facts_from", "gradcam_map",
-    "guided_clone", "layer_geometry", "make_explainer", "make_target", "parse_mode",
-    "parse_target", "require_tensorflow", "saliency_map", "side_bins", "steering_head",
+    "CAM",
+    "EXPLAINERS",
+    "FORWARD_MODES",
+    "GRADIENT_MODES",
+    "INPUT",
+    "MODES",
+    "PREDICTION",
+    "RISE",
+    "SMALL_VALUES_EPS",
+    "TARGETS",
+    "ActivationExplainer",
+    "AxisOp",
+    "BinsTarget",
+    "CourseTarget",
+    "Explainer",
+    "Explanation",
+    "Forward",
+    "GradCAM",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "LayerTarget",
+    "ModelFacts",
+    "Occlusion",
+    "Perturbation",
+    "PredictedBin",
+    "Saliency",
+    "SteerTarget",
+    "SteeringHead",
+    "Target",
+    "VBPPlan",
+    "VisualBackProp",
+    "cam_head",
+    "facts_from",
+    "gradcam_map",
+    "guided_clone",
+    "layer_geometry",
+    "make_explainer",
+    "make_target",
+    "mode_parameters",
+    "parse_mode",
+    "parse_target",
+    "require_tensorflow",
+    "saliency_map",
+    "side_bins",
+    "steering_head",
     "vbp_plan",
 ]

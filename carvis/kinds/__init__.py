@@ -6,6 +6,7 @@ explainers and the layer table; a new model format is one entry and one module.
 | kind | files | runs on | offers |
 |---|---|---|---|
 | ``tflite`` | a ``.tflite`` (carvis' exports, a car's own file) | LiteRT | the layers and heads its metadata or ops show; forward modes |
+| ``onnx`` | ``.onnx`` (PyTorch exports, converted pilots) | onnxruntime (its layers as outputs: a copy read once, cached) | the layers, heads and vbp path its graph shows; forward modes |
 | ``keras`` | ``.h5`` (Keras 1/2/3), ``.keras`` | LiteRT (converted once, cached) or TensorFlow | every layer, every mode |
 """
 
@@ -16,10 +17,11 @@ from pathlib import Path
 from carvis.errors import CarvisError
 from carvis.kinds.base import KindOptions, ModelKind
 from carvis.kinds.keras import KerasKind
+from carvis.kinds.onnx import OnnxKind
 from carvis.kinds.tflite import TfliteKind
 
 #: Looked at in order: the first kind that claims a file opens it.
-KINDS: tuple[type[ModelKind], ...] = (TfliteKind, KerasKind)
+KINDS: tuple[type[ModelKind], ...] = (TfliteKind, OnnxKind, KerasKind)
 
 
 def kind_of(path: Path) -> type[ModelKind]:
