@@ -342,7 +342,7 @@ def test_20_3_review_off_loopback_guards_every_route():
         visit = ask(port, "GET", "/?token=team-7")
         assert visit.status == 303 and header(visit, "Location") == ["/"]
         cookie = header(visit, "Set-Cookie")[0]
-        assert cookie.startswith("carvis_token=team-7;") and "HttpOnly" in cookie
+        assert cookie.startswith(f"carvis_token_{port}=team-7;") and "HttpOnly" in cookie
         jar = [("Cookie", cookie.split(";")[0])]
         assert ask(port, "GET", "/frame.jpg?i=2", jar).status == 200
         answer = ask(port, "POST", "/settings", [*jar, ("Origin", f"http://127.0.0.1:{port}"),
@@ -528,3 +528,32 @@ def test_20_8_an_export_longer_than_the_request_deadline_finishes(monkeypatch, t
     assert run.returncode == 0, run.stderr  # curl: (52) Empty reply from server, before
     assert head.startswith("HTTP/1.0 200") and f"Content-Length: {24 << 20}" in head
     assert out.stat().st_size == 24 << 20 and out.read_bytes()[4:8] == b"ftyp"
+
+
+def test_two_servers_on_one_car_keep_their_tokens_in_one_browser():
+    """Cookies ignore ports: `run` on :8080 and `review` on :8081 each set and read a cookie of
+    their own name, so opening one does not log the browser out of the other."""
+    from email.message import Message
+
+    from carvis.sinks.httpguard import Guard, Refused
+
+    run, review = Guard("0.0.0.0", 8080, "car-run"), Guard("0.0.0.0", 8081, "car-review")
+    host = socket.gethostname().lower()
+
+    def head(port: int, cookie: str = "") -> Message:
+        message = Message()
+        message["Host"] = f"{host}:{port}"
+        if cookie:
+            message["Cookie"] = cookie
+        return message
+
+    set_run = run.admit("GET", "/", head(8080), {"token": "car-run"})["Set-Cookie"]
+    set_review = review.admit("GET", "/", head(8081), {"token": "car-review"})["Set-Cookie"]
+    assert set_run.startswith("carvis_token_8080=car-run;")
+    assert set_review.startswith("carvis_token_8081=car-review;")
+    jar = f"{set_run.split(';')[0]}; {set_review.split(';')[0]}"  # what the browser sends both
+    assert run.admit("GET", "/stats", head(8080, jar), {}) == {}
+    assert review.admit("GET", "/timeline", head(8081, jar), {}) == {}
+    with pytest.raises(Refused) as refused:
+        run.admit("GET", "/stats", head(8080, set_review.split(";")[0]), {})
+    assert refused.value.http_status == 401

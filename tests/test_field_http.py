@@ -155,14 +155,16 @@ def test_the_token_guards_every_route_and_a_visit_with_it_sets_a_cookie(served):
         sock.sendall(b"GET /?token=team-7 HTTP/1.0\r\n\r\n")
         answer = sock.recv(4096).decode()
     assert answer.startswith("HTTP/1.0 303") and "Location: /\r\n" in answer
-    cookie = re.search(r"Set-Cookie: (carvis_token=team-7);[^\r]*HttpOnly", answer)
+    cookie = re.search(rf"Set-Cookie: (carvis_token_{runner.server.port}=team-7);[^\r]*HttpOnly",
+                       answer)
     assert cookie and "SameSite=Strict" in answer
     jar = {"Cookie": cookie[1]}
     status, page = fakes.http("GET", url, headers=jar)
     assert status == 200 and b'<img id="stream"' in page
     assert fakes.http("POST", url + "settings", {"threshold": 33}, headers=jar)[0] == 200
     assert fakes.http("GET", url + "settings", headers=jar)[1]["threshold"] == 33
-    assert fakes.http("GET", url + "stats", headers={"Cookie": "carvis_token=nope"})[0] == 403
+    assert fakes.http("GET", url + "stats", headers={"Cookie": f"carvis_token_{runner.server.port}=nope"}
+                      )[0] == 403
     viewer = fakes.Viewer("127.0.0.1", runner.server.port, path="/stream.mjpg?token=team-7")
     try:
         fakes.wait_until(lambda: viewer.frames >= 2, what="the stream with the token")

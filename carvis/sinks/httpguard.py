@@ -64,6 +64,9 @@ class Guard:
 
     def __init__(self, host: str, port: int, token: str | None) -> None:
         self.host, self.port, self.token = host, int(port), token or None
+        # Cookies ignore ports: each server's own name, so `run` on :8080 and `review` on
+        # :8081 of one car keep both tokens in one browser.
+        self.cookie = f"{COOKIE}_{self.port}"
         self.wildcard = host in ("0.0.0.0", "::", "")
         name = socket.gethostname().lower().rstrip(".")
         self._names = {"localhost", name, f"{name}.local", host.lower()}
@@ -141,10 +144,10 @@ class Guard:
         in_query = query.get("token", "")
         given = (headers.get("X-Carvis-Token")
                  or headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                 or in_query or (jar[COOKIE].value if COOKIE in jar else ""))
+                 or in_query or (jar[self.cookie].value if self.cookie in jar else ""))
         if hmac.compare_digest(given.encode(), self.token.encode()):
-            return {"Set-Cookie": f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"} \
-                if in_query else {}
+            cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+            return {"Set-Cookie": cookie} if in_query else {}
         if not given:
             raise Refused(401, "this carvis needs its token: open the address printed when it "
                                "started (it ends in ?token=...)", "denied")
