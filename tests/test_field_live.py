@@ -70,9 +70,9 @@ def test_a_5_fps_model_on_a_30_fps_camera_still_streams_and_records_30_fps(model
                                                     if runner.map_age else (-1, 0.0, 0)))
     compute = runner.model.maker
 
-    def slow(image: np.ndarray):
+    def slow(image: np.ndarray, record=None):
         time.sleep(period)  # SmoothGrad on a Pi
-        return compute(image)
+        return compute(image, record)
 
     runner.model.maker = slow
     runner.start()

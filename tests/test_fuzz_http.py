@@ -182,8 +182,6 @@ def test_a_request_sent_a_byte_at_a_time_is_read_whole(servers, name):
     b'{"channel": "\xc2\xb2"}',
     b'{"layer": "conv:\xc2\xb2"}',
 ])
-@pytest.mark.xfail(reason="carvis.settings.validate raises ValueError for these today; the "
-                   "validator's owner (#20.12) is making it a CarvisError", strict=False)
 def test_values_only_the_validator_can_refuse_get_a_4xx(servers, body):
     answer = ask(servers["live"].port, "POST", "/settings", [
         ("X-Carvis-Token", TOKEN["live"]), ("Content-Type", "application/json")], body)

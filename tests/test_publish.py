@@ -364,7 +364,9 @@ def test_carvis_costs_the_same_for_1_and_50_viewers(live):
     one, many = figures[1], figures[50]
     assert many["served_kbit_s"] > 20 * one["served_kbit_s"]  # the fan-out really happened
     assert many["cpu"] < 1.3 * one["cpu"] + 0.05
-    assert 0.75 < many["kbit_s"] / one["kbit_s"] < 1.33
+    # One upload whatever the audience (one per viewer would be 50x). Not a lower bound: on a
+    # busy machine the relay's fan-out takes CPU from the encoder, and fewer frames go up.
+    assert 0 < many["kbit_s"] < 1.33 * one["kbit_s"]
 
 
 def test_publish_survives_a_relay_restart(live):
