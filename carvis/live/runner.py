@@ -147,6 +147,8 @@ class LiveRunner:
             budget = self.options.fast_model / max(self.source.fps, 1e-3)
             if latest is not None and latest.compute_s < budget:
                 latest = self.model.wait_for(self._seq, budget)
+        if latest is None:
+            latest = self._first_map()
         if self.model.error is not None:
             raise self.model.error
         if latest is not None and latest is not self._counted:
@@ -156,6 +158,16 @@ class LiveRunner:
         self.map_age = (self._seq - latest.seq, frame.timestamp - latest.timestamp) \
             if latest else None
         return Frame(image, frame.index, frame.timestamp, frame.name)
+
+    def _first_map(self) -> Map | None:
+        """Wait for the model's first map (one model period, at the start): the recording and
+        the stream then open at the size of every picture to come. A first picture without
+        its HUD panel or grid fixed the recording's size, and squashed every later frame."""
+        while not self._stop.is_set() and self.model.error is None:
+            latest = self.model.wait_for(self._seq, 0.1)
+            if latest is not None:
+                return latest
+        return None
 
     def _placeholder(self, tick: NoSignal) -> Frame:
         """The "no signal" frame, the size of the outputs, on the recording's timeline."""
