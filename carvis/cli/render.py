@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> None:
                    "for numbered PNGs; at the source's fps")
     r.add_argument("--jobs", "-j", type=int, metavar="N", help="several sources: N at a time "
                    "in processes (default: one per core)")
+    r.add_argument("--scheduler", metavar="ADDRESS", help="several sources: on the workers of "
+                   "a Dask cluster instead (tcp://HOST:PORT or a scheduler file; outputs on a "
+                   "path the workers share; needs carvis[cluster])")
     r.add_argument("--format", choices=("mp4", "mkv", "avi", "png"), help="several sources: "
                    "what each output is (default mp4; png: a folder of frames)")
     r.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
@@ -44,7 +47,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--maps", metavar="TRACK", help="re-render from a map track, no model: "
                    "threshold, colormap, normalisation and view from the flags / --profile")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    add_model_args(r)
+    add_model_args(r, several="several: each source with each model, in OUTDIR/<model>/")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -53,7 +56,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
     with stop_signals():
-        if len(args.source) > 1 or args.jobs is not None or args.format is not None:
+        if len(args.source) > 1 or len(args.model or ()) > 1 or args.scheduler or \
+                args.jobs is not None or args.format is not None:
             return _render_batch(args)
         return _render_one(args)
 
@@ -65,7 +69,7 @@ def _options(args: argparse.Namespace) -> Any:
 
     if args.maps:
         profile = prof.load(args.profile) if args.profile else None
-        model = Path(args.model) if args.model else None
+        model = Path(args.model[0]) if args.model else None
         draw = tuple((k, getattr(args, k)) for k in ("threshold", "colormap", "view", "hud",
                                                       "compare")
                      if getattr(args, k, None) is not None)
@@ -143,18 +147,27 @@ def _render_batch(args: argparse.Namespace) -> int:
     if args.save_maps or args.maps:
         raise CarvisError("--save-maps/--maps take one source and one track; render the "
                           "sources one at a time for their tracks")
+    if args.scheduler and args.jobs is not None:
+        raise CarvisError("--jobs is for this machine's processes; with --scheduler the "
+                          "cluster's workers run the jobs: drop one of them")
     options = _options(args)
-    jobs = batch.plan(args.source, args.output, args.format or "mp4")
+    jobs = batch.plan(args.source, args.output, args.format or "mp4", args.model or ())
     workers = args.jobs or batch.default_jobs()
     bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True,
                desc=f"0/{len(jobs)} files")
     failed: list[str] = []
     finished: list[batch.Outcome] = []
 
-    def progress(_number: int, kind: str, value: Any) -> None:
+    def progress(number: int, kind: str, value: Any) -> None:
         if kind == "start":
             bar.total += value["frames"] or 0
             bar.refresh()
+        elif kind == "again":  # its worker died: the job starts over elsewhere
+            bar.total -= value["total"]
+            bar.update(-value["frames"])
+            tqdm.write(f"carvis: warning: {jobs[number].source} -> {jobs[number].output}: its "
+                       "worker died mid-job; the job runs again from the start",
+                       file=sys.stderr)
         else:
             bar.update(value)
 
@@ -173,7 +186,11 @@ def _render_batch(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        batch.run(jobs, options, workers, progress, done)
+        if args.scheduler:
+            where = _on_cluster(args.scheduler, jobs, options, progress, done)
+        else:
+            batch.run(jobs, options, workers, progress, done)
+            where = f"{min(workers, len(jobs))} at a time"
     except KeyboardInterrupt:
         bar.close()
         cut = [o for o in finished if o.interrupted]
@@ -186,6 +203,19 @@ def _render_batch(args: argparse.Namespace) -> int:
         bar.close()
     gone = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""
     print(f"carvis: {len(jobs) - len(failed)} of {len(jobs)} rendered to {args.output} in "
-          f"{time.perf_counter() - t0:.1f} s, {min(workers, len(jobs))} at a time{gone}",
-          file=sys.stderr)
+          f"{time.perf_counter() - t0:.1f} s, {where}{gone}", file=sys.stderr)
     return min(len(failed), 100)
+
+
+def _on_cluster(address: str, jobs: list, options: Any, progress: Any, done: Any) -> str:
+    """The batch on a Dask cluster; where it ran, for the summary line."""
+    from carvis import cluster
+
+    client = cluster.connect(address)
+    try:
+        workers = len(client.scheduler_info().get("workers", {}))
+        where = f"on {workers} Dask worker{'s' * (workers != 1)} at {client.scheduler.address}"
+        cluster.run(jobs, options, client, progress, done)
+    finally:
+        client.close()
+    return where
