@@ -188,7 +188,7 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
                 what = (session.describe(renderer.layer_name) if session is not None
                         else f"maps from {options.maps} (no model)")
                 progress("start", {"frames": expected, "describe": what})
-            throttle = _Throttle(progress) if progress is not None else None
+            throttle = Throttle(progress) if progress is not None else None
             with sink:
                 try:
                     outcome.frames = pipeline.render(frames, renderer, sink, progress=throttle)
@@ -299,7 +299,7 @@ def _notes(source: Any, renderer: pipeline.Renderer) -> list[str]:
     return notes
 
 
-class _Throttle:
+class Throttle:
     """render()'s per-frame progress as a "frames" event at most every PROGRESS_EVERY s."""
 
     def __init__(self, progress: Progress) -> None:

@@ -138,23 +138,35 @@ def _render_one(args: argparse.Namespace) -> int:
 
 def _render_batch(args: argparse.Namespace) -> int:
     """`carvis render A B … -o OUTDIR`: each to its own file; the exit status: how many failed."""
+    from carvis import batch
+
+    if args.save_maps or args.maps:
+        raise CarvisError("--save-maps/--maps take one source and one track; render the "
+                          "sources one at a time for their tracks")
+    options = _options(args)
+    jobs = batch.plan(args.source, args.output, args.format or "mp4", args.model or ())
+    return run_jobs(jobs, options, args.output, scheduler=args.scheduler, workers=args.jobs,
+                    quiet=args.quiet)
+
+
+def run_jobs(jobs: list, options: Any, where_to: str, *, scheduler: str | None = None,
+             workers: int | None = None, quiet: bool = False, work: Any = None,
+             verb: str = "rendered") -> int:
+    """A batch's jobs here (N processes) or on a Dask cluster, with one progress bar and a
+    line per job; the exit status: how many failed (render --scheduler, review --prepare)."""
     import time
 
     from tqdm import tqdm
 
     from carvis import batch
 
-    if args.save_maps or args.maps:
-        raise CarvisError("--save-maps/--maps take one source and one track; render the "
-                          "sources one at a time for their tracks")
-    if args.scheduler and args.jobs is not None:
+    if scheduler and workers is not None:
         raise CarvisError("--jobs is for this machine's processes; with --scheduler the "
                           "cluster's workers run the jobs: drop one of them")
-    options = _options(args)
-    jobs = batch.plan(args.source, args.output, args.format or "mp4", args.model or ())
-    workers = args.jobs or batch.default_jobs()
-    bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True,
-               desc=f"0/{len(jobs)} files")
+    work = work or batch.render_work
+    workers = workers or batch.default_jobs()
+    bar = tqdm(total=0, unit="frame", disable=quiet, dynamic_ncols=True,
+               desc=f"0/{len(jobs)} jobs")
     failed: list[str] = []
     finished: list[batch.Outcome] = []
 
@@ -175,39 +187,40 @@ def _render_batch(args: argparse.Namespace) -> int:
         finished.append(o)
         if o.interrupted:
             return
-        bar.set_description(f"{len(finished)}/{len(jobs)} files")
+        bar.set_description(f"{len(finished)}/{len(jobs)} jobs")
         if o.error:
             failed.append(o.job.source)
             tqdm.write(f"carvis: error: {o.job.source}: {o.error}", file=sys.stderr)
-        elif not args.quiet:
+        elif not quiet:
             notes = "".join(f"; {n}" for n in o.notes)
             tqdm.write(f"carvis: {o.job.source} -> {o.job.output}: {o.frames} frames in "
                        f"{o.seconds:.1f} s{notes}", file=sys.stderr)
 
     t0 = time.perf_counter()
     try:
-        if args.scheduler:
-            where = _on_cluster(args.scheduler, jobs, options, progress, done)
+        if scheduler:
+            where = _on_cluster(scheduler, jobs, options, progress, done, work)
         else:
-            batch.run(jobs, options, workers, progress, done)
+            batch.run(jobs, options, workers, progress, done, work)
             where = f"{min(workers, len(jobs))} at a time"
     except KeyboardInterrupt:
         bar.close()
-        cut = [o for o in finished if o.interrupted]
+        cut = [o for o in finished if o.interrupted and o.frames]
         whole = [o for o in finished if not o.interrupted and not o.error]
-        print(f"carvis: interrupted: {len(whole)} of {len(jobs)} rendered to {args.output}"
+        print(f"carvis: interrupted: {len(whole)} of {len(jobs)} {verb} to {where_to}"
               + "".join(f"; {o.job.output} stopped after {count(o.frames, 'frame')} (playable)"
                         for o in cut), file=sys.stderr)
         return 130
     finally:
         bar.close()
     gone = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""
-    print(f"carvis: {len(jobs) - len(failed)} of {len(jobs)} rendered to {args.output} in "
+    print(f"carvis: {len(jobs) - len(failed)} of {len(jobs)} {verb} to {where_to} in "
           f"{time.perf_counter() - t0:.1f} s, {where}{gone}", file=sys.stderr)
     return min(len(failed), 100)
 
 
-def _on_cluster(address: str, jobs: list, options: Any, progress: Any, done: Any) -> str:
+def _on_cluster(address: str, jobs: list, options: Any, progress: Any, done: Any,
+                work: Any) -> str:
     """The batch on a Dask cluster; where it ran, for the summary line."""
     from carvis import cluster
 
@@ -215,7 +228,7 @@ def _on_cluster(address: str, jobs: list, options: Any, progress: Any, done: Any
     try:
         workers = len(client.scheduler_info().get("workers", {}))
         where = f"on {workers} Dask worker{'s' * (workers != 1)} at {client.scheduler.address}"
-        cluster.run(jobs, options, client, progress, done)
+        cluster.run(jobs, options, client, progress, done, work)
     finally:
         client.close()
     return where
