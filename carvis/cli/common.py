@@ -41,6 +41,15 @@ def add_map_args(g: Any) -> None:
     g.add_argument("--colormap", help="OpenCV colormap name (inferno, jet, turbo, ...)")
 
 
+def add_executor_args(g: Any, what: str) -> None:
+    """--jobs and --scheduler: where a batch's jobs (render, review --prepare) run."""
+    g.add_argument("--jobs", "-j", type=int, metavar="N", help=f"{what}: N at a time in "
+                   "processes (default: one per core)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help=f"{what}: on the workers of a Dask "
+                   "cluster instead (tcp://HOST:PORT or a scheduler file; what they write on "
+                   "a path they share; needs carvis[cluster])")
+
+
 def add_model_args(p: argparse.ArgumentParser, several: str | None = None) -> None:
     g = p.add_argument_group("model and overlay (override the profile)")
     add_model_arg(g, several)

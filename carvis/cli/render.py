@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from carvis.cli.common import add_model_args, count, resolve_profile, stop_signals
+from carvis.cli.common import (
+    add_executor_args,
+    add_model_args,
+    count,
+    resolve_profile,
+    stop_signals,
+)
 from carvis.errors import CarvisError
 
 
@@ -21,11 +27,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("-o", "--output", required=True,
                    help="OUT.mp4 / .mkv (H.264), OUT.avi (MJPG), or a folder (no suffix) "
                    "for numbered PNGs; at the source's fps")
-    r.add_argument("--jobs", "-j", type=int, metavar="N", help="several sources: N at a time "
-                   "in processes (default: one per core)")
-    r.add_argument("--scheduler", metavar="ADDRESS", help="several sources: on the workers of "
-                   "a Dask cluster instead (tcp://HOST:PORT or a scheduler file; outputs on a "
-                   "path the workers share; needs carvis[cluster])")
+    add_executor_args(r, "several sources")
     r.add_argument("--format", choices=("mp4", "mkv", "avi", "png"), help="several sources: "
                    "what each output is (default mp4; png: a folder of frames)")
     r.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")

@@ -10,6 +10,7 @@ from typing import Any
 
 from carvis.cli.common import (
     add_backend_args,
+    add_executor_args,
     add_map_args,
     add_mode_args,
     add_model_arg,
@@ -46,11 +47,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--prepare", action="store_true", help="compute and keep every source's "
                    "tracks (and every run of a season folder), then stop: opening them later "
                    "is instant")
-    p.add_argument("--jobs", "-j", type=int, metavar="N", help="--prepare: N sources at a "
-                   "time in processes (default: one per core)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="--prepare: on the workers of a "
-                   "Dask cluster (tcp://HOST:PORT or a scheduler file; the review cache on a "
-                   "path they share; needs carvis[cluster])")
+    add_executor_args(p, "--prepare")
     p.add_argument("--quiet", "-q", action="store_true", help="--prepare: no progress bar")
 
 
@@ -60,7 +57,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     with stop_signals():
         if args.prepare:
             return _prepare(args)
-        if (args.jobs is not None or args.scheduler) and not args.prepare:
+        if args.jobs is not None or args.scheduler:
             raise CarvisError("--jobs and --scheduler compute tracks ahead: add --prepare")
         if len(args.source) > 1:
             raise CarvisError(f"the review page shows one source ({len(args.source)} given); "

@@ -90,7 +90,9 @@ class Review:
         self.frames: FrameCache | None = None
         if FrameCache.exists(self.folder / "frames.jpg"):
             self.frames = FrameCache(self.folder / "frames.jpg")
-        self.tracks = [self._kept(Path(path)) for path in kept]
+        self.tracks = [Track(path) for path in kept]  # computed earlier: a season's run
+        for track in self.tracks:
+            track.check(self._counted())
         self.tracks += [self._track(Path(path), profile) for path, profile in models]
         if self.frames is None:  # every track was kept, the frame cache was not
             self._pass(None)
@@ -102,12 +104,6 @@ class Review:
         self.labels = self._labels()
         self.requests: list[float] = []  # seconds per frame answered
         self.lock = threading.Lock()
-
-    def _kept(self, path: Path) -> Track:
-        """A track computed earlier (a season's run), checked against the source."""
-        track = Track(path)
-        track.check(self._counted())
-        return track
 
     def _track(self, model: Path, profile: prof.Profile) -> Track:
         if not model.is_file():
