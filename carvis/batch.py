@@ -6,8 +6,8 @@ one render path) in one of two executors: :func:`run` here, worker processes on 
 (spawned, so nothing of the parent's threads or model is copied), or
 :func:`carvis.cluster.run`, the workers of a Dask cluster. Each worker loads a model once and
 does one job after another; a failing job is an outcome with its one-line error, and the others
-go on; an output is written under a temporary name and renamed when whole. Progress comes back
-as events: ("start", {"frames", "describe"}), ("frames", n), and from a cluster ("again",
+go on; on a cluster, where a job whose worker died runs again, each output is written under a
+temporary name and renamed when whole. Progress comes back as events: ("start", {"frames", "describe"}), ("frames", n), and from a cluster ("again",
 {"frames", "total"}) when a job whose worker died starts over.
 
 How many workers: one per usable core (``os.sched_getaffinity``). Each job's thread pools are
@@ -94,7 +94,7 @@ def plan(sources_: Sequence[str], outdir: str | Path, fmt: str = "mp4",
                                   f"{str(target)!r}; rename one or render them in two batches")
             check_not_input(target, sources_)
             taken[target] = source
-            jobs.append(Job(str(source), target, model, staged=True))
+            jobs.append(Job(str(source), target, model))
     return jobs
 
 

@@ -89,12 +89,14 @@ def _quiet(name: str) -> Any:
 
 
 def _remote(job: Job) -> Job:
-    """The job with absolute paths: a worker's working folder is not this one's."""
+    """The job with absolute paths (a worker's working folder is not this one's), staged: a
+    job may run again after its worker died, and the two attempts must never mix."""
     source = job.source
     if Path(source).exists():
         source = str(Path(source).resolve())
     model = Path(job.model).resolve() if job.model is not None else None
-    return dataclasses.replace(job, source=source, output=job.output.resolve(), model=model)
+    return dataclasses.replace(job, source=source, output=job.output.resolve(), model=model,
+                               staged=True)
 
 
 def _absolute(options: Any) -> Any:

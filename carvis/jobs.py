@@ -35,8 +35,9 @@ PROGRESS_EVERY = 0.25  # seconds between two "frames" progress events of one job
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One source and the file (or PNG folder) it is rendered to; a batch's jobs may each name
-    their model, and are staged: written under a temporary name beside the output and renamed
-    into place when whole, so a job run again (a worker that died) never mixes two attempts."""
+    their model. A staged job (a cluster's) is written under a temporary name beside the output
+    and renamed into place when whole, so a job run again (its worker died) never mixes two
+    attempts."""
 
     source: str
     output: Path
