@@ -141,13 +141,12 @@ def summarize(run: Path, tracks: list[Track]) -> dict[str, Any]:
             row = int(np.nanargmax(gap))
             disagree = {"frame": int(first.index[row]), "value": round(float(gap[row]), 4),
                         "what": what}
-    if first.has_recorded:
-        line, spark_of = np.abs(first.recorded_angle - first.angle), "|recorded - predicted|"
-    elif len(tracks) > 1:
-        line, spark_of = np.abs(tracks[0].angle - tracks[1].angle), "|model 1 - model 2|"
-    else:
-        line, spark_of = stats.map_stats(TrackMaps(first), 0)["area"], "mask area"
-        line = np.asarray(line, np.float64)
+    # The sparkline: the first of these a run has (a model without steering has no angle).
+    lines = [(np.abs(first.recorded_angle - first.angle), "|recorded - predicted|"),
+             (np.abs(first.angle - tracks[-1].angle) if len(tracks) > 1 else first.angle[:0],
+              "|model 1 - model 2|"),
+             (masks[0].mean(axis=(1, 2)), "mask area")]
+    line, spark_of = next((v, what) for v, what in lines if np.isfinite(v).any())
     errors = [m["error"] for m in models if m["error"] is not None]
     return {"format": SUMMARY_FORMAT, "date": _date(run), "frames": len(first),
             "seconds": round(seconds if seconds > 0 else len(first) / first.meta["fps"], 2),
