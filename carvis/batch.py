@@ -1,10 +1,14 @@
-"""A season at once: many sources, each rendered to its own file, in parallel processes.
+"""A season at once: many sources (× models), each rendered to its own file, in parallel.
 
-Each job is one source → one output (its stem + the format's suffix) in one output folder,
-rendered by :func:`carvis.jobs.render_job` — the one render path. The jobs run in worker
-processes (spawned, so nothing of the parent's threads or model is copied), each loading the
-model once and rendering one file after another; a failing source is an outcome with its
-one-line error, and the others go on. Progress comes back as events.
+Each job is one source (and model) → one output (its stem + the format's suffix) in one output
+folder, done by one work function (:func:`render_work`: :func:`carvis.jobs.render_job`, the
+one render path) in one of two executors: :func:`run` here, worker processes on this machine
+(spawned, so nothing of the parent's threads or model is copied), or
+:func:`carvis.cluster.run`, the workers of a Dask cluster. Each worker loads a model once and
+does one job after another; a failing job is an outcome with its one-line error, and the others
+go on; on a cluster, where a job whose worker died runs again, each output is written under a
+temporary name and renamed when whole. Progress comes back as events: ("start", {"frames", "describe"}), ("frames", n), and from a cluster ("again",
+{"frames", "total"}) when a job whose worker died starts over.
 
 How many workers: one per usable core (``os.sched_getaffinity``). Each job's thread pools are
 pinned so they do not multiply with the workers: OpenCV at one thread (``render()`` does it),
@@ -24,12 +28,13 @@ import os
 import queue
 import re
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from carvis.errors import CarvisError
-from carvis.jobs import Job, Outcome, RenderOptions, open_session, render_job
+from carvis.jobs import Job, Outcome, RenderOptions, job_options, open_session, render_job
 from carvis.sinks.table import check_not_input
 
 log = logging.getLogger("carvis")
@@ -58,9 +63,11 @@ def output_name(source: str) -> str:
     return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "output"
 
 
-def plan(sources_: Sequence[str], outdir: str | Path, fmt: str = "mp4") -> list[Job]:
-    """One job per source, each to OUTDIR/<stem><suffix>; refused in one line before anything
-    is written when two sources share a name or an output would be one of the sources."""
+def plan(sources_: Sequence[str], outdir: str | Path, fmt: str = "mp4",
+         models: Sequence[str | Path] = ()) -> list[Job]:
+    """One job per source (per source and model when several models are given: each model's
+    outputs in OUTDIR/<model name>/), each to <stem><suffix>; refused in one line before
+    anything is written when two jobs share an output or an output would be a source."""
     if fmt not in FORMATS:
         raise CarvisError(f"--format {fmt!r} is not one carvis writes; use "
                           f"{', '.join(FORMATS)}")
@@ -68,28 +75,66 @@ def plan(sources_: Sequence[str], outdir: str | Path, fmt: str = "mp4") -> list[
     if out.exists() and not out.is_dir():
         raise CarvisError(f"-o {str(out)!r} is a file; several sources need a folder "
                           "(it is created if missing)")
+    folders: dict[Path | None, Path] = {None: out}
+    if len(models) > 1:
+        folders = {}
+        for model in map(Path, models):
+            folder = out / output_name(str(model))
+            if folder in folders.values():
+                raise CarvisError(f"two --model files are named {model.stem!r}; their outputs "
+                                  f"would share {str(folder)!r}: rename one")
+            folders[model] = folder
     jobs: list[Job] = []
     taken: dict[Path, str] = {}
     for source in sources_:
-        target = out / (output_name(source) + FORMATS[fmt])
-        if target in taken:
-            raise CarvisError(f"{taken[target]!r} and {source!r} would both be written to "
-                              f"{str(target)!r}; rename one or render them in two batches")
-        check_not_input(target, sources_)
-        taken[target] = source
-        jobs.append(Job(str(source), target))
+        for model, folder in folders.items():
+            target = folder / (output_name(source) + FORMATS[fmt])
+            if target in taken:
+                raise CarvisError(f"{taken[target]!r} and {source!r} would both be written to "
+                                  f"{str(target)!r}; rename one or render them in two batches")
+            check_not_input(target, sources_)
+            taken[target] = source
+            jobs.append(Job(str(source), target, model))
     return jobs
 
 
-# -- the worker processes ---------------------------------------------------------------------
-_worker: dict[str, Any] = {}  # this worker process' options, session and event queue
+# -- the work of one job, in whichever worker runs it ------------------------------------------
+#: A job's work in a worker: (number, job, options, report) -> Outcome. A module-level
+#: function (it goes to the workers by name); report(kind, value) is a job's Progress.
+Work = Callable[[int, Any, Any, Callable[[str, Any], None]], Outcome]
+
+_opened = threading.local()  # this worker's (this thread's) model sessions, by model
 
 
-def _init_worker(options: RenderOptions, events: Any) -> None:
+def render_work(number: int, job: Job, options: RenderOptions,
+                report: Callable[[str, Any], None] | None) -> Outcome:
+    """One render job: the model's session opened once per worker, then carvis.jobs'
+    render_job — the same in this process, a process of the pool or a Dask worker."""
+    try:
+        session = job_session(job, options)
+    except KeyboardInterrupt:  # stopped while the model loaded
+        return Outcome(job, interrupted=True)
+    return render_job(job, job_options(job, options), session, report)
+
+
+def job_session(job: Job, options: RenderOptions) -> Any:
+    """The session a job needs, opened once per worker (per thread) and kept."""
+    options = job_options(job, options)
+    sessions = _opened.__dict__.setdefault("sessions", {})
+    key = (options.model, options.backend, options.lambda_policy, options.maps)
+    if key not in sessions:
+        sessions[key] = open_session(options)
+    return sessions[key]
+
+
+_worker: dict[str, Any] = {}  # this pool process' work, options and event queue
+
+
+def _init_worker(work: Work, options: Any, events: Any) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    _worker.update(options=options, events=events, session=None, opened=False, busy=False)
+    _worker.update(work=work, options=options, events=events, busy=False)
     # Ctrl-C in a terminal reaches every process of the group: the parent alone decides, and
     # stops the workers with SIGTERM; a worker in a job closes its output first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -104,57 +149,77 @@ def _worker_stop(_signum: int, _frame: object) -> None:
 
 
 def _run_in_worker(number: int, job: Job) -> Outcome:
-    options: RenderOptions = _worker["options"]
     if _worker.get("stopping"):
         return Outcome(job, interrupted=True)
     _worker["busy"] = True
+    events = _worker["events"]
     try:
-        if not _worker["opened"]:
-            _worker["session"], _worker["opened"] = open_session(options), True
-        events = _worker["events"]
-        return render_job(job, options, _worker["session"],
-                          lambda kind, value: events.put((number, kind, value)))
-    except KeyboardInterrupt:  # stopped while the model loaded
+        return _worker["work"](number, job, _worker["options"],
+                               lambda kind, value: events.put((number, kind, value)))
+    except KeyboardInterrupt:
         return Outcome(job, interrupted=True)
     finally:
         _worker["busy"] = False
 
 
-def run(jobs: Sequence[Job], options: RenderOptions, workers: int = 1,
-        progress: Progress | None = None,
-        done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Render every job, `workers` at a time in processes (1: in this one); outcomes in order."""
+def make_folders(jobs: Sequence[Job]) -> None:
+    """-o OUTDIR (and a model's folder in it) is made if missing."""
+    for folder in {job.output.parent for job in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def one_thread_encoders(options: Any) -> Any:
+    """Options whose x264 keeps to one thread (when several jobs run at a time)."""
+    if getattr(options, "encoder_threads", 0) is None:
+        return dataclasses.replace(options, encoder_threads=1)
+    return options
+
+
+def run(jobs: Sequence[Job], options: Any, workers: int = 1,
+        progress: Progress | None = None, done: Callable[[Outcome], None] | None = None,
+        work: Work = render_work) -> list[Outcome]:
+    """Do every job, `workers` at a time in processes (1: in this one); outcomes in order.
+    carvis.cluster.run does the same jobs with the same work on a Dask cluster."""
     if workers < 1:
         raise CarvisError(f"--jobs {workers} must be at least 1")
     workers = min(workers, len(jobs)) or 1
-    for folder in {job.output.parent for job in jobs}:  # -o OUTDIR is made if missing
-        folder.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and options.encoder_threads is None:
-        options = dataclasses.replace(options, encoder_threads=1)
+    make_folders(jobs)
+    if workers > 1:
+        options = one_thread_encoders(options)
     if workers == 1:
-        session = open_session(options)
-        outcomes = []
-        for number, job in enumerate(jobs):
-            report = (lambda kind, value, n=number: progress(n, kind, value)) if progress \
-                else None
-            outcomes.append(render_job(job, options, session, report))
-            if done is not None:
-                done(outcomes[-1])
-            if outcomes[-1].interrupted:
-                raise KeyboardInterrupt
-        return outcomes
-    return _run_pool(jobs, options, workers, progress, done)
+        try:
+            return _run_here(jobs, options, progress, done, work)
+        finally:
+            _opened.__dict__.pop("sessions", None)  # this process' models go with the batch
+    return _run_pool(jobs, options, workers, progress, done, work)
 
 
-def _run_pool(jobs: Sequence[Job], options: RenderOptions, workers: int,
-              progress: Progress | None, done: Callable[[Outcome], None] | None
-              ) -> list[Outcome]:
+def _run_here(jobs: Sequence[Job], options: Any, progress: Progress | None,
+              done: Callable[[Outcome], None] | None, work: Work) -> list[Outcome]:
+    """The jobs one after another in this process."""
+    if work is render_work:  # a model that does not load is one line, before any job
+        for job in jobs:
+            job_session(job, options)
+    outcomes = []
+    for number, job in enumerate(jobs):
+        report = (lambda kind, value, n=number: progress(n, kind, value)) if progress \
+            else None
+        outcomes.append(work(number, job, options, report))
+        if done is not None:
+            done(outcomes[-1])
+        if outcomes[-1].interrupted:
+            raise KeyboardInterrupt
+    return outcomes
+
+
+def _run_pool(jobs: Sequence[Job], options: Any, workers: int, progress: Progress | None,
+              done: Callable[[Outcome], None] | None, work: Work) -> list[Outcome]:
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     outcomes: list[Outcome | None] = [None] * len(jobs)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_init_worker,
-                                                initargs=(options, events)) as pool:
+                                                initargs=(work, options, events)) as pool:
         futures = {pool.submit(_run_in_worker, i, job): i for i, job in enumerate(jobs)}
         pending = set(futures)
         try:
@@ -165,6 +230,8 @@ def _run_pool(jobs: Sequence[Job], options: RenderOptions, workers: int,
                     i = futures[future]
                     try:
                         outcomes[i] = future.result()
+                    except CarvisError as exc:  # e.g. the model did not load in the worker
+                        outcomes[i] = Outcome(jobs[i], error=str(exc))
                     except Exception as exc:  # noqa: BLE001 - a worker that died
                         outcomes[i] = Outcome(jobs[i], error=f"the worker process died ({exc})")
                     if done is not None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from carvis.errors import CarvisError
 from carvis.profile import Profile
 from carvis.session import ModelSession
 from carvis.sinks import Sink
-from carvis.sinks.table import SinkOptions, open_sink
+from carvis.sinks.table import SinkOptions, check_not_input, open_sink
 
 log = logging.getLogger("carvis")
 
@@ -31,10 +34,15 @@ PROGRESS_EVERY = 0.25  # seconds between two "frames" progress events of one job
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One source and the file (or PNG folder) it is rendered to."""
+    """One source and the file (or PNG folder) it is rendered to; a batch's jobs may each name
+    their model. A staged job (a cluster's) is written under a temporary name beside the output
+    and renamed into place when whole, so a job run again (its worker died) never mixes two
+    attempts."""
 
     source: str
     output: Path
+    model: Path | None = None  # None: the options' model
+    staged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +85,11 @@ class Outcome:
 #: A job's progress: ("start", {"frames": expected or None, "describe": line}) once, then
 #: ("frames", n) with the frames written since the last event.
 Progress = Callable[[str, Any], None]
+
+
+def job_options(job: Job, options: RenderOptions) -> RenderOptions:
+    """The options a job is rendered with: its own model, when it names one."""
+    return options if job.model is None else dataclasses.replace(options, model=job.model)
 
 
 def open_session(options: RenderOptions) -> ModelSession | None:
@@ -141,7 +154,10 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
     t0 = time.perf_counter()
     outcome = Outcome(job)
     sink: Sink | None = None
+    target = staging_name(job.output) if job.staged else job.output
     try:
+        if job.staged:
+            check_replaceable(job.output, [job.source])
         with sources.open_source(job.source, fps=options.fps) as source:
             start = sources.frame_position(options.start, "--start")
             end = sources.frame_position(options.end, "--end")
@@ -166,14 +182,14 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
                 steering_renderer(session, options.profile, source, plot=options.plot,
                                   plot_seconds=options.plot_seconds, hud_on=options.hud,
                                   scale=options.scale, pilot=find_pilot(session, options))
-            sink = open_sink(job.output, SinkOptions(source.fps, threads=options.encoder_threads),
+            sink = open_sink(target, SinkOptions(source.fps, threads=options.encoder_threads),
                              inputs=[job.source], allowed=("", ".avi", ".mp4", ".mkv"))
             writer = _track_writer(options, renderer, session, source)
             if progress is not None:
                 what = (session.describe(renderer.layer_name) if session is not None
                         else f"maps from {options.maps} (no model)")
                 progress("start", {"frames": expected, "describe": what})
-            throttle = _Throttle(progress) if progress is not None else None
+            throttle = Throttle(progress) if progress is not None else None
             with sink:
                 try:
                     outcome.frames = pipeline.render(frames, renderer, sink, progress=throttle)
@@ -191,15 +207,68 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
             if throttle is not None:
                 throttle.flush()
             outcome.notes.extend(_notes(source, renderer))
+            if job.staged:
+                put_in_place(target, job.output)
     except KeyboardInterrupt:
         outcome.interrupted = True
         outcome.frames = getattr(sink, "frames", 0)
+        if job.staged and outcome.frames:  # what was written is playable: kept, as unstaged
+            put_in_place(target, job.output)
     except Exception as exc:  # noqa: BLE001 - one job's failure is its outcome, not the batch's
         outcome.error = str(exc) if isinstance(exc, CarvisError | OSError) else \
             f"{type(exc).__name__}: {exc}"
         outcome.frames = getattr(sink, "frames", 0) if sink is not None else 0
+        if job.staged:
+            _remove(target)
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+# -- staged outputs: a temporary name beside the output, renamed into place when whole ---------
+STAGE_PREFIX = ".carvis-part-"
+
+
+def staging_name(output: Path) -> Path:
+    """A new temporary name beside output, with its suffix (so the same sink writes it)."""
+    return output.with_name(f"{STAGE_PREFIX}{uuid.uuid4().hex[:8]}-{output.name}")
+
+
+def check_replaceable(output: Path, inputs: list[str]) -> None:
+    """Refuse, before rendering, an output the whole result could not be renamed onto."""
+    check_not_input(output, inputs)
+    if output.suffix and output.is_dir():
+        raise CarvisError(f"output {str(output)!r} is a folder; give a new file name ending "
+                          f"in {output.suffix}, or a name without a suffix for PNG frames")
+    if not output.suffix and output.exists() and not output.is_dir():
+        raise CarvisError(f"output {str(output)!r} exists and is not a folder; give a new "
+                          "folder name for the PNG frames")
+
+
+def put_in_place(staged: Path, output: Path) -> None:
+    """Rename a whole staged output onto its name (a PNG folder replaces the earlier one as a
+    file would), then drop what earlier attempts at it left."""
+    if staged.is_dir() and output.is_dir():
+        old = output.with_name(f"{STAGE_PREFIX}{uuid.uuid4().hex[:8]}-{output.name}")
+        os.rename(output, old)
+        os.rename(staged, output)
+        _remove(old)
+    elif staged.exists():
+        os.replace(staged, output)
+    for left in output.parent.glob(f"{STAGE_PREFIX}*-{_glob_escape(output.name)}"):
+        if len(left.name) == len(STAGE_PREFIX) + 9 + len(output.name):
+            _remove(left)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _remove(path: Path) -> None:
+    """A staged file or folder, gone (nothing if it was never made)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _track_writer(options: RenderOptions, renderer: pipeline.Renderer,
@@ -231,7 +300,7 @@ def _notes(source: Any, renderer: pipeline.Renderer) -> list[str]:
     return notes
 
 
-class _Throttle:
+class Throttle:
     """render()'s per-frame progress as a "frames" event at most every PROGRESS_EVERY s."""
 
     def __init__(self, progress: Progress) -> None:

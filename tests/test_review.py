@@ -415,3 +415,22 @@ def test_cli_save_maps_then_redraw_without_the_model(tmp_path, capsys):
                      "-o", str(tmp_path / "c"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "made from a source of 12 frames" in err[0]
+
+
+def test_a_kept_track_is_drawn_with_the_drawing_flags_given_now(two_models, profile):
+    """#21.6: review --threshold/--colormap over tracks kept earlier: no model call, the
+    page's settings the ones given."""
+    review, _, _ = two_models
+    other = review.folder.parent.parent / "v2.keras"
+    with pytest.MonkeyPatch.context() as mp:
+        calls = Calls(mp)
+        again = Review(review.spec, [(MODEL, profile.replace(threshold=200, colormap="jet")),
+                                     (other, profile.replace(layer="conv3", threshold=200,
+                                                             colormap="jet"))],
+                       cache=review.folder.parent)
+        try:
+            assert calls.n == 0 and again.model_calls == 0
+            assert again.settings()["threshold"] == 200 and again.settings()["colormap"] == "jet"
+            assert not np.array_equal(again.picture(9), review.picture(9))
+        finally:
+            again.close()

@@ -25,16 +25,37 @@ def add_backend_args(p: Any, backend: bool = True) -> None:
                    "error (say which), or identity (skip it; do its scaling in the profile)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and overlay (override the profile)")
-    g.add_argument("--model", "-m", help="car model: .h5 (Keras 1/2/3), .keras, .tflite or .onnx "
-                   "(default: the project's own models/default.keras)")
-    g.add_argument("--profile", "-p", help="YAML profile (default: models/default.yaml, or a "
-                   "generic one when --model is given)")
+def add_model_arg(g: Any, several: str | None = None, required: bool = False) -> None:
+    """--model: one model file, or (several: what more than one does) one per --model."""
+    what = ("car model: .h5 (Keras 1/2/3), .keras, .tflite or .onnx (default: the project's "
+            "own models/default.keras)") if not required else "model file"
+    g.add_argument("--model", "-m", action="append" if several else "store", required=required,
+                   help=what + (f"; {several}" if several else ""))
+
+
+def add_map_args(g: Any) -> None:
+    """--layer, --channel, --threshold, --colormap: what render, run and review override."""
     g.add_argument("--layer", "-l", help="layer: a name, an index, or conv:N (N-th conv layer)")
     g.add_argument("--channel", "-c", help="channel index, or mean / max over channels")
     g.add_argument("--threshold", "-t", type=float, help="mask threshold on the 0..255 map")
     g.add_argument("--colormap", help="OpenCV colormap name (inferno, jet, turbo, ...)")
+
+
+def add_executor_args(g: Any, what: str) -> None:
+    """--jobs and --scheduler: where a batch's jobs (render, review --prepare) run."""
+    g.add_argument("--jobs", "-j", type=int, metavar="N", help=f"{what}: N at a time in "
+                   "processes (default: one per core)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help=f"{what}: on the workers of a Dask "
+                   "cluster instead (tcp://HOST:PORT or a scheduler file; what they write on "
+                   "a path they share; needs carvis[cluster])")
+
+
+def add_model_args(p: argparse.ArgumentParser, several: str | None = None) -> None:
+    g = p.add_argument_group("model and overlay (override the profile)")
+    add_model_arg(g, several)
+    g.add_argument("--profile", "-p", help="YAML profile (default: models/default.yaml, or a "
+                   "generic one when --model is given)")
+    add_map_args(g)
     add_backend_args(g)
     d = p.add_argument_group("a DonkeyCar pilot (read from the model's names without these)")
     d.add_argument("--type", dest="pilot_type", metavar="TYPE",
@@ -65,25 +86,33 @@ def add_mode_args(p: argparse.ArgumentParser) -> None:
                    help="the raw frame and the result side by side")
 
 
+#: The profile keys the model and mode flags override.
+FLAG_KEYS = ("layer", "channel", "threshold", "colormap", "mode", "target", "smoothgrad", "view",
+             "hud", "compare")
+
+
+def flag_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """What the flags given change in a profile (checked by Profile.replace: the one check)."""
+    return {key: getattr(args, key, None) for key in FLAG_KEYS
+            if getattr(args, key, None) is not None}
+
+
 def resolve_profile(args: argparse.Namespace):
     """The profile and model path the flags ask for, with CLI overrides applied."""
     from carvis import profile as prof
 
+    given = args.model[0] if isinstance(args.model, list) else args.model
     if args.profile:
         p = prof.load(args.profile)
-    elif args.model:
+    elif given:
         p = prof.generic()
     else:
         p = prof.load(prof.DEFAULT_PROFILE)
-    changes = {"layer": args.layer, "channel": args.channel, "threshold": args.threshold,
-               "colormap": args.colormap}
-    changes.update({key: getattr(args, key, None) for key in
-                    ("mode", "target", "smoothgrad", "view", "hud", "compare")})
-    p = p.replace(**{k: v for k, v in changes.items() if v is not None})  # flags first: cheap
-    model = Path(args.model) if args.model else p.model
+    p = p.replace(**flag_changes(args))  # flags first: cheap
+    model = Path(given) if given else p.model
     if model is None:
         raise CarvisError(f"profile {p.source!r} names no model; pass --model PATH")
-    if not args.model and not args.profile and not tensorflow_available():
+    if not given and not args.profile and not tensorflow_available():
         # A car without TensorFlow (a Pi with LiteRT only) runs the default model's .tflite,
         # exported at the default profile's layer and committed beside it.
         model = model.with_suffix(".tflite")

@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from carvis.cli.common import add_model_args, count, resolve_profile, stop_signals
+from carvis.cli.common import (
+    add_executor_args,
+    add_model_args,
+    count,
+    resolve_profile,
+    stop_signals,
+)
 from carvis.errors import CarvisError
 
 
@@ -21,8 +27,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("-o", "--output", required=True,
                    help="OUT.mp4 / .mkv (H.264), OUT.avi (MJPG), or a folder (no suffix) "
                    "for numbered PNGs; at the source's fps")
-    r.add_argument("--jobs", "-j", type=int, metavar="N", help="several sources: N at a time "
-                   "in processes (default: one per core)")
+    add_executor_args(r, "several sources")
     r.add_argument("--format", choices=("mp4", "mkv", "avi", "png"), help="several sources: "
                    "what each output is (default mp4; png: a folder of frames)")
     r.add_argument("--fps", type=float, help="frame rate of a folder source (default 30)")
@@ -44,7 +49,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--maps", metavar="TRACK", help="re-render from a map track, no model: "
                    "threshold, colormap, normalisation and view from the flags / --profile")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    add_model_args(r)
+    add_model_args(r, several="several: each source with each model, in OUTDIR/<model>/")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -53,7 +58,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise CarvisError(f"--max-frames {args.max_frames} must be at least 1")
     with stop_signals():
-        if len(args.source) > 1 or args.jobs is not None or args.format is not None:
+        if len(args.source) > 1 or len(args.model or ()) > 1 or args.scheduler or \
+                args.jobs is not None or args.format is not None:
             return _render_batch(args)
         return _render_one(args)
 
@@ -65,7 +71,7 @@ def _options(args: argparse.Namespace) -> Any:
 
     if args.maps:
         profile = prof.load(args.profile) if args.profile else None
-        model = Path(args.model) if args.model else None
+        model = Path(args.model[0]) if args.model else None
         draw = tuple((k, getattr(args, k)) for k in ("threshold", "colormap", "view", "hud",
                                                       "compare")
                      if getattr(args, k, None) is not None)
@@ -134,27 +140,48 @@ def _render_one(args: argparse.Namespace) -> int:
 
 def _render_batch(args: argparse.Namespace) -> int:
     """`carvis render A B … -o OUTDIR`: each to its own file; the exit status: how many failed."""
-    import time
-
-    from tqdm import tqdm
-
     from carvis import batch
 
     if args.save_maps or args.maps:
         raise CarvisError("--save-maps/--maps take one source and one track; render the "
                           "sources one at a time for their tracks")
     options = _options(args)
-    jobs = batch.plan(args.source, args.output, args.format or "mp4")
-    workers = args.jobs or batch.default_jobs()
-    bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True,
-               desc=f"0/{len(jobs)} files")
+    jobs = batch.plan(args.source, args.output, args.format or "mp4", args.model or ())
+    return run_jobs(jobs, options, args.output, scheduler=args.scheduler, workers=args.jobs,
+                    quiet=args.quiet)
+
+
+def run_jobs(jobs: list, options: Any, where_to: str, *, scheduler: str | None = None,
+             workers: int | None = None, quiet: bool = False, work: Any = None,
+             verb: str = "rendered") -> int:
+    """A batch's jobs here (N processes) or on a Dask cluster, with one progress bar and a
+    line per job; the exit status: how many failed (render --scheduler, review --prepare)."""
+    import time
+
+    from tqdm import tqdm
+
+    from carvis import batch
+
+    if scheduler and workers is not None:
+        raise CarvisError("--jobs is for this machine's processes; with --scheduler the "
+                          "cluster's workers run the jobs: drop one of them")
+    work = work or batch.render_work
+    workers = workers or batch.default_jobs()
+    bar = tqdm(total=0, unit="frame", disable=quiet, dynamic_ncols=True,
+               desc=f"0/{len(jobs)} jobs")
     failed: list[str] = []
     finished: list[batch.Outcome] = []
 
-    def progress(_number: int, kind: str, value: Any) -> None:
+    def progress(number: int, kind: str, value: Any) -> None:
         if kind == "start":
             bar.total += value["frames"] or 0
             bar.refresh()
+        elif kind == "again":  # its worker died: the job starts over elsewhere
+            bar.total -= value["total"]
+            bar.update(-value["frames"])
+            tqdm.write(f"carvis: warning: {jobs[number].source} -> {jobs[number].output}: its "
+                       "worker died mid-job; the job runs again from the start",
+                       file=sys.stderr)
         else:
             bar.update(value)
 
@@ -162,30 +189,48 @@ def _render_batch(args: argparse.Namespace) -> int:
         finished.append(o)
         if o.interrupted:
             return
-        bar.set_description(f"{len(finished)}/{len(jobs)} files")
+        bar.set_description(f"{len(finished)}/{len(jobs)} jobs")
         if o.error:
             failed.append(o.job.source)
             tqdm.write(f"carvis: error: {o.job.source}: {o.error}", file=sys.stderr)
-        elif not args.quiet:
+        elif not quiet:
             notes = "".join(f"; {n}" for n in o.notes)
             tqdm.write(f"carvis: {o.job.source} -> {o.job.output}: {o.frames} frames in "
                        f"{o.seconds:.1f} s{notes}", file=sys.stderr)
 
     t0 = time.perf_counter()
     try:
-        batch.run(jobs, options, workers, progress, done)
+        if scheduler:
+            where = _on_cluster(scheduler, jobs, options, progress, done, work)
+        else:
+            batch.run(jobs, options, workers, progress, done, work)
+            where = f"{min(workers, len(jobs))} at a time"
     except KeyboardInterrupt:
         bar.close()
-        cut = [o for o in finished if o.interrupted]
+        cut = [o for o in finished if o.interrupted and o.frames]
         whole = [o for o in finished if not o.interrupted and not o.error]
-        print(f"carvis: interrupted: {len(whole)} of {len(jobs)} rendered to {args.output}"
+        print(f"carvis: interrupted: {len(whole)} of {len(jobs)} {verb} to {where_to}"
               + "".join(f"; {o.job.output} stopped after {count(o.frames, 'frame')} (playable)"
                         for o in cut), file=sys.stderr)
         return 130
     finally:
         bar.close()
     gone = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""
-    print(f"carvis: {len(jobs) - len(failed)} of {len(jobs)} rendered to {args.output} in "
-          f"{time.perf_counter() - t0:.1f} s, {min(workers, len(jobs))} at a time{gone}",
-          file=sys.stderr)
+    print(f"carvis: {len(jobs) - len(failed)} of {len(jobs)} {verb} to {where_to} in "
+          f"{time.perf_counter() - t0:.1f} s, {where}{gone}", file=sys.stderr)
     return min(len(failed), 100)
+
+
+def _on_cluster(address: str, jobs: list, options: Any, progress: Any, done: Any,
+                work: Any) -> str:
+    """The batch on a Dask cluster; where it ran, for the summary line."""
+    from carvis import cluster
+
+    client = cluster.connect(address)
+    try:
+        workers = len(client.scheduler_info().get("workers", {}))
+        where = f"on {workers} Dask worker{'s' * (workers != 1)} at {client.scheduler.address}"
+        cluster.run(jobs, options, client, progress, done, work)
+    finally:
+        client.close()
+    return where

@@ -32,7 +32,7 @@ from carvis.frame import Frame
 from carvis.maps import MapMaker
 from carvis.review import stats
 from carvis.review.frames import CacheWriter, FrameCache
-from carvis.review.replay import GRID_HELP, TrackMaps
+from carvis.review.replay import GRID_HELP, TrackMaps, drawing_profile
 from carvis.review.track import Track, record
 from carvis.session import ModelSession
 from carvis.sinks.table import SinkOptions, open_sink
@@ -72,12 +72,13 @@ def track_name(model_sha256: str, profile: prof.Profile) -> str:
 class Review:
     """A source and its models' tracks: frames composed from the tracks, never the model."""
 
-    def __init__(self, spec: str, models: Sequence[tuple[str | Path, prof.Profile]], *,
+    def __init__(self, spec: str, models: Sequence[tuple[str | Path, prof.Profile]] = (), *,
                  backend: str = "auto", lambda_policy: str = "error", fps: float | None = None,
-                 progress: Progress | None = None, cache: str | Path | None = None) -> None:
-        if not 1 <= len(models) <= 2:
+                 progress: Progress | None = None, cache: str | Path | None = None,
+                 kept: Sequence[str | Path] = ()) -> None:
+        if not 1 <= len(models) + len(kept) <= 2:
             raise CarvisError(f"review takes one or two models (--model M [--model M2]), "
-                              f"got {len(models)}")
+                              f"got {len(models) + len(kept)}")
         self.spec, self.fps_flag = str(spec), fps
         self.backend, self.lambda_policy = backend, lambda_policy
         self.progress = progress
@@ -89,12 +90,18 @@ class Review:
         self.frames: FrameCache | None = None
         if FrameCache.exists(self.folder / "frames.jpg"):
             self.frames = FrameCache(self.folder / "frames.jpg")
-        self.tracks = [self._track(Path(path), profile) for path, profile in models]
+        self.tracks = [Track(path) for path in kept]  # computed earlier: a season's run
+        for track in self.tracks:
+            track.check(self._counted())
+        self.tracks += [self._track(Path(path), profile) for path, profile in models]
         if self.frames is None:  # every track was kept, the frame cache was not
             self._pass(None)
-        self.maps = [TrackMaps(t) for t in self.tracks]
+        # The drawing settings given (flags, profile) over each track's own.
+        drawn = [None] * len(kept) + [profile for _, profile in models]
+        self.maps = [TrackMaps(t, drawing_profile(t, p)) for t, p in zip(self.tracks, drawn,
+                                                                           strict=True)]
         self.composers = [Composer(m.profile) for m in self.maps]
-        self.labels = self._labels([Path(p) for p, _ in models])
+        self.labels = self._labels()
         self.requests: list[float] = []  # seconds per frame answered
         self.lock = threading.Lock()
 
@@ -149,10 +156,11 @@ class Review:
         count = len(self.frames) if self.frames is not None else self.frame_count
         return types.SimpleNamespace(name=self.name, frame_count=count)
 
-    def _labels(self, paths: list[Path]) -> list[str]:
-        names = [p.name for p in paths]
-        if len(set(names)) < len(names):
-            names = [str(p) for p in paths]
+    def _labels(self) -> list[str]:
+        names = [t.meta["model"] for t in self.tracks]
+        if len(set(names)) < len(names):  # two files of one name: told apart by their content
+            names = [f"{n} #{t.meta['model_sha256'][:8]}" for n, t in zip(names, self.tracks,
+                                                                         strict=True)]
         return [f"{n} ({t.meta['layer']}, {t.meta['mode']})" for n, t in
                 zip(names, self.tracks, strict=True)]
 

@@ -8,6 +8,9 @@ a model.
 Routes: ``/`` the page, ``/vendor/...`` uPlot, ``/info``, ``/timeline``, ``/frame.jpg?i=N&m=K``,
 ``/frame.png?i=N`` (every model side by side), ``/stats``, ``/settings`` (GET; POST JSON to
 change), ``POST /export.mp4`` with ``{"start": A, "end": B}``.
+
+A season (:class:`SeasonServer`): ``/`` its index, ``/season`` its rows, and every route above
+for run K under ``/run/K/`` (the review page's own addresses are relative).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import cv2
 from carvis.errors import CarvisError
 from carvis.review.app import Review
 from carvis.sinks import http
+from carvis.sinks.httpguard import Refused
 
 JPEG_QUALITY = 85
 VENDOR = {"uPlot.iife.min.js": "application/javascript", "uPlot.min.css": "text/css",
@@ -43,6 +47,10 @@ class ReviewHandler(http.Handler):
     """The review routes; the live handler checks each request first (Host, the token off
     loopback on every route, a POST's Origin and JSON), as for `run --serve`."""
 
+    def site(self) -> ReviewSite:
+        """The review this request is for."""
+        return self.server.owner.site
+
     PAGES = ("/", "/index.html", "/review.html")
     GETS = (*PAGES, "/info", "/timeline", "/settings", "/stats", "/frame.jpg", "/frame.png",
             "/favicon.ico", *(f"/vendor/{name}" for name in VENDOR))
@@ -52,13 +60,14 @@ class ReviewHandler(http.Handler):
 
     def get(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
         """Answer a GET (or HEAD) the guard let through."""
-        site: ReviewServer = self.server.owner
+        site = self.site()
+        if path.startswith("/vendor/"):
+            self._send(200, web_file("vendor", path[8:]), VENDOR[path[8:]],
+                       {"Cache-Control": "max-age=86400"})
+            return
         review = site.review
         if path in self.PAGES:
             self._send(200, site.page, "text/html; charset=utf-8")
-        elif path.startswith("/vendor/"):
-            self._send(200, web_file("vendor", path[8:]), VENDOR[path[8:]],
-                       {"Cache-Control": "max-age=86400"})
         elif path in ("/info", "/timeline", "/settings", "/stats"):
             self._json(200, getattr(review, path[1:])())
         elif path == "/frame.jpg":
@@ -74,7 +83,7 @@ class ReviewHandler(http.Handler):
 
     def post(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
         """Change the drawing settings, or export a range as MP4 (sent from its file)."""
-        site: ReviewServer = self.server.owner
+        site = self.site()
         body = self._body()
         if path == "/settings":
             self._json(200, site.review.change(body))
@@ -108,30 +117,14 @@ def attachment(name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-class ReviewServer:
-    """The review page on host:port, in its own threads."""
+class ReviewSite:
+    """One review as the page sees it: the review, its page, its downloads' names."""
 
-    def __init__(self, review: Review, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None) -> None:
+    def __init__(self, review: Review) -> None:
         self.review = review
-        self.token = token or None
         self.page = web_file("review.html")
         self.stem = Path(review.name).stem or "frame"
         self._exporting = threading.Lock()
-        self._server = _bind(host, port, self.token)
-        self._server.owner = self
-        self.host, self.port = self._server.server_address[:2]
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """Where the page is (with the token, when there is one)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
-
-    def owns(self, sock: object) -> bool:
-        """No stream sockets here: the HTTP server closes every one."""
-        return False
 
     @contextlib.contextmanager
     def export(self, body: Any) -> Iterator[tuple[Path, str]]:
@@ -148,7 +141,28 @@ class ReviewServer:
                 self.review.export(start, end, path)
             yield path, f"{self.stem}-{start:05d}-{end:05d}.mp4"
 
-    def start(self) -> ReviewServer:
+
+class _Listening:
+    """An HTTP server of the review's handlers on host:port, in a thread of its own."""
+
+    def __init__(self, handler: type, host: str, port: int, token: str | None) -> None:
+        self.token = token or None
+        self._server = _bind(host, port, self.token, handler)
+        self._server.owner = self
+        self.host, self.port = self._server.server_address[:2]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the page is (with the token, when there is one)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+
+    def owns(self, sock: object) -> bool:
+        """No stream sockets here: the HTTP server closes every one."""
+        return False
+
+    def start(self) -> _Listening:
         """Start answering requests, in a thread of their own."""
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
                                         name="carvis-review-http", daemon=True)
@@ -162,10 +176,104 @@ class ReviewServer:
         self._server.server_close()
 
 
-def _bind(host: str, port: int, token: str | None) -> http.Server:
+class ReviewServer(_Listening):
+    """The review page on host:port, in its own threads."""
+
+    def __init__(self, review: Review, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None) -> None:
+        self.site = ReviewSite(review)
+        self.review = review
+        super().__init__(ReviewHandler, host, port, token)
+
+
+class SeasonHandler(ReviewHandler):
+    """A season's index at /, and each run's review routes under /run/K/."""
+
+    SEASON_GETS = ("/", "/index.html", "/season.html", "/season", "/favicon.ico",
+                   *(f"/vendor/{name}" for name in VENDOR))
+    run: int | None = None
+    prefix = ""
+
+    def _route(self) -> None:
+        """/run/K/ROUTE: run K, and ROUTE as the review handler knows it."""
+        match = re.match(r"/run/([0-9]{1,6})(/[^?#]*)(.*)", self.path)
+        if match:
+            self.run, self.prefix = int(match[1]), f"/run/{match[1]}"
+            self.path = match[2] + match[3]
+
+    def do_GET(self) -> None:
+        self._route()
+        if self.run is None:
+            self._answer(self.SEASON_GETS, self.season_get,
+                         "no such page {!r}; try /, /season or /run/K/")
+        else:
+            super().do_GET()
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        self._route()
+        super().do_POST()
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """A redirect stays within its run."""
+        if keyword == "Location" and value.startswith("/"):
+            value = self.prefix + value
+        super().send_header(keyword, value)
+
+    def site(self) -> ReviewSite:
+        """Run K's review (opened on its first request)."""
+        return self.server.owner.run_site(self.run)
+
+    def season_get(self, path: str, query: dict[str, str], extra: dict[str, str]) -> None:
+        """The season's index, its rows, uPlot."""
+        if path.startswith("/vendor/"):
+            self._send(200, web_file("vendor", path[8:]), VENDOR[path[8:]],
+                       {"Cache-Control": "max-age=86400"})
+        elif path == "/season":
+            self._json(200, self.server.owner.rows())
+        elif path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
+        else:
+            self._send(200, self.server.owner.page, "text/html; charset=utf-8")
+
+
+class SeasonServer(_Listening):
+    """A season's index and its runs' review pages on host:port."""
+
+    def __init__(self, season: Any, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None) -> None:
+        self.season = season
+        self.page = web_file("season.html")
+        self._sites: dict[int, ReviewSite] = {}
+        self._rows: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        super().__init__(SeasonHandler, host, port, token)
+
+    def rows(self) -> dict[str, Any]:
+        """Every run's row (computed once)."""
+        with self._lock:
+            if self._rows is None:
+                self._rows = self.season.rows()
+            return self._rows
+
+    def run_site(self, k: int) -> ReviewSite:
+        """Run k's review as a site (its review kept open by the season while used)."""
+        try:
+            review = self.season.review(k)
+        except CarvisError as exc:
+            raise Refused(404, str(exc)) from None
+        with self._lock:
+            site = self._sites.get(k)
+            if site is None or site.review is not review:
+                site = self._sites[k] = ReviewSite(review)
+            return site
+
+
+def _bind(host: str, port: int, token: str | None, handler: type) -> http.Server:
     """The HTTP server on host:port, or one line saying why not."""
     try:
-        return http.Server((host, port), ReviewHandler, token)
+        return http.Server((host, port), handler, token)
     except OSError as exc:
         raise CarvisError(f"review page: cannot listen on {host}:{port} "
                           f"({exc.strerror or exc}); give another --serve [HOST:]PORT") from None
