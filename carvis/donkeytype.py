@@ -50,9 +50,6 @@ import numpy as np
 from carvis import pilot
 from carvis.backends.tflite import schema
 from carvis.errors import CarvisError
-from carvis.models import files, layer_table_from_file
-from carvis.models.legacy.context import Context
-from carvis.models.legacy.graph import read_graph
 
 Shape = tuple[int | None, ...]  # without the batch axis
 Tensor = tuple[str, Shape]  # (name, shape)
@@ -408,6 +405,11 @@ def signature_of_litert(model: Any) -> tuple[list[Tensor], list[Tensor]]:
 
 def signature_of_h5(path: str | Path) -> tuple[list[Tensor], list[Tensor]]:
     """(inputs, outputs) of a Keras .h5 read from its config alone (h5py; no TensorFlow)."""
+    # Keras files only: a .tflite's render never imports h5py (12 MB)
+    from carvis.models import files, layer_table_from_file
+    from carvis.models.legacy.context import Context
+    from carvis.models.legacy.graph import read_graph
+
     p = Path(path)
     with files.open_h5(p) as h5:
         header = files.read_header(p, h5)

@@ -486,7 +486,7 @@ def repacked(path: Path, edit) -> Path:
     """The default .tflite with edit(model, subgraph, a constant tensor) applied, packed again."""
     import flatbuffers
 
-    model = tflite.schema().ModelT.InitFromPackedBuf(bytearray(TFLITE.read_bytes()), 0)
+    model = tflite.schema_objects().ModelT.InitFromPackedBuf(bytearray(TFLITE.read_bytes()), 0)
     sub = model.subgraphs[0]
     constant = next(t for t in sub.tensors if t.buffer and model.buffers[t.buffer].data
                     is not None and len(model.buffers[t.buffer].data))
@@ -498,7 +498,7 @@ def repacked(path: Path, edit) -> Path:
 
 
 def _orphan_output(model, sub, constant) -> None:
-    orphan = tflite.schema().TensorT()
+    orphan = tflite.schema_objects().TensorT()
     orphan.shape, orphan.type, orphan.buffer, orphan.name = np.array([1, 4]), 0, 0, "x"
     sub.tensors.append(orphan)
     sub.outputs = np.array([len(sub.tensors) - 1], np.int32)

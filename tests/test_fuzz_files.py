@@ -301,7 +301,7 @@ def car_tflite(tmp: Path) -> Path:
     """The default .tflite without carvis' metadata: a car's own file, read from its ops."""
     import flatbuffers
 
-    model = tflite.schema().ModelT.InitFromPackedBuf(bytearray(TFLITE.read_bytes()), 0)
+    model = tflite.schema_objects().ModelT.InitFromPackedBuf(bytearray(TFLITE.read_bytes()), 0)
     model.metadata = [m for m in model.metadata or [] if m.name not in ("carvis", b"carvis")]
     builder = flatbuffers.Builder(8192)
     builder.Finish(model.Pack(builder), file_identifier=tflite.TFLITE_MAGIC)
@@ -315,7 +315,7 @@ def mutate_flatbuffer(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     carvis metadata's JSON mutated; then packed again."""
     import flatbuffers
 
-    s = tflite.schema()
+    s = tflite.schema_objects()
     model = s.ModelT.InitFromPackedBuf(bytearray(data), 0)
     sub = model.subgraphs[0]
     tensor = rng.choice(sub.tensors)

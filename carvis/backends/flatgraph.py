@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from carvis import layerspec
-from carvis.backends.tflite import DAMAGED, TFLITE_MAGIC, LayerMeta, damaged, schema
+from carvis.backends.tflite import DAMAGED, TFLITE_MAGIC, LayerMeta, damaged, schema_objects
 from carvis.errors import CarvisError
 
 # TFLite op → the Keras class VisualBackProp's geometry knows; pixel-wise ops have none.
@@ -42,7 +42,7 @@ class _Graph:
     """The first subgraph: ops by name, producers, the signature's names."""
 
     def __init__(self, flatbuffer: bytes) -> None:
-        s = schema()
+        s = schema_objects()
         self.model = s.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
         names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
         self.sub = self.model.subgraphs[0]
@@ -258,7 +258,7 @@ def with_outputs(flatbuffer: bytes, tensors: dict[str, int], source: str = "<tfl
 def _with_outputs(flatbuffer: bytes, tensors: dict[str, int]) -> bytes:
     import flatbuffers
 
-    s = schema()
+    s = schema_objects()
     model = s.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     sub = model.subgraphs[0]
     sub.outputs = np.asarray(list(tensors.values()), np.int32)

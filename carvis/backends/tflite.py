@@ -6,7 +6,8 @@ messages can name them without TensorFlow or Keras; and what the modes need beyo
 outputs (format 2): the steering head (the HUD), VisualBackProp's path with every layer's
 window (kernel size, stride, padding), CAM's Dense weights. A car's own .tflite has no such
 entry: :mod:`carvis.backends.flatgraph` derives the same record from its ops. Reading needs
-only LiteRT's copy of the flatbuffer schema.
+only the read side of the flatbuffer schema (carvis_vendor.tflite_reader); rewriting one, the
+whole schema with its object API.
 """
 
 from __future__ import annotations
@@ -139,8 +140,16 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def schema() -> Any:
-    """The generated TFLite flatbuffer schema (the copy carvis ships: tflite-runtime, DonkeyCar's
-    Pi runtime, has none)."""
+    """The read side of the generated TFLite flatbuffer schema (the copy carvis ships:
+    tflite-runtime, DonkeyCar's Pi runtime, has none): the classes reachable from ``Model``."""
+    from carvis_vendor import tflite_reader
+
+    return tflite_reader
+
+
+def schema_objects() -> Any:
+    """The whole generated schema with its object API (``ModelT`` …), to rewrite a .tflite.
+    Imported only where a file is rewritten: compiling it costs ~40 MB and 0.2 s."""
     from carvis_vendor import tflite_schema
 
     return tflite_schema
@@ -297,7 +306,7 @@ def with_metadata(flatbuffer: bytes, meta: LayerMeta) -> bytes:
     import flatbuffers
     import numpy as np
 
-    generated = schema()
+    generated = schema_objects()
     model = generated.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     model.metadata = [m for m in (model.metadata or [])
                       if m.name not in (META_NAME, META_NAME.encode())]
