@@ -136,10 +136,11 @@ print(json.dumps({{"rc": rc, "peak_mb": peak_kb / 1024, "tf": "tensorflow" in sy
     # Reading a .tflite takes the schema's read side only (the whole generated schema costs
     # ~28 MB more at the peak where no bytecode is cached, as in CI).
     assert not result["schema"]
-    # Measured 262 MB (1920x1080 frames): the libraries ~125 MB (OpenCV ~50, PyAV ~22 for the
-    # .avi muxer, NumPy, LiteRT, h5py), LiteRT's model and XNNPACK, and at most 3 frames in each
-    # queue between the reader, the render and the writer (~6 MB each). TensorFlow: ~750 MB.
-    assert result["peak_mb"] < 275, f"peak RSS {result['peak_mb']:.0f} MB"
+    # Measured 262 MB here, 274 MB at most over 2,000 frames (scripts/memcheck.py): the
+    # libraries ~125 MB (OpenCV ~50, PyAV ~22 for the .avi muxer, NumPy, LiteRT, h5py), LiteRT's
+    # model and XNNPACK, and at most 3 frames in each queue between the reader, the render and
+    # the writer (1920x1080: ~6 MB each). With TensorFlow: ~750 MB.
+    assert result["peak_mb"] < 300, f"peak RSS {result['peak_mb']:.0f} MB"
 
 
 def test_auto_converts_once_then_reuses_the_cache(axionaut_model_path, cache):
