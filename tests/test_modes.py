@@ -3,7 +3,11 @@ VisualBackProp on LiteRT), the CLI flags, `carvis inspect`, and the live setting
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import cv2
 import fakes
@@ -17,8 +21,9 @@ from carvis import hud as hud_module
 from carvis import profile as prof
 from carvis.backends import litert_available
 from carvis.backends.litert import LiteRTModel
+from carvis.backends.tflite import FORMAT
 from carvis.errors import CarvisError
-from carvis.kinds import keras as session_module
+from carvis.kinds import keras_litert as session_module
 from carvis.session import ModelSession
 from carvis.sinks import Sink
 
@@ -118,25 +123,81 @@ def test_grid_view_and_compare(tf_session, axionaut_profile, frame):
     assert (out[:, 1804:] != raw).any(axis=-1).mean() > 0.02, "right: the overlay"
 
 
-def test_gradient_mode_on_litert_is_refused_before_any_frame(axionaut_model_path,
-                                                             axionaut_profile):
+@pytest.mark.parametrize("mode,extra", [
+    ("saliency", {}), ("guided", {"target": "left"}), ("gradcam", {"target": "right"}),
+    ("guided-gradcam", {"target": "right"}), ("saliency", {"smoothgrad": (3, 0.1)})])
+def test_gradient_modes_on_litert_equal_tensorflow_from_one_cached_invoke(
+        mode, extra, axionaut_model_path, axionaut_profile, frame, tmp_path, monkeypatch):
+    """A gradient mode on LiteRT: its whole graph (outputs, prediction, gradients through
+    built-in ops) converted once and cached; the map and prediction are TensorFlow's."""
     if not litert_available():
         pytest.skip("ai-edge-litert is not installed")
-    session = ModelSession(axionaut_model_path, backend="litert")
-    with pytest.raises(CarvisError, match="mode 'saliency' needs gradients.*--backend "
-                                          "tensorflow") as info:
-        pipeline.make_renderer(session, axionaut_profile.replace(mode="saliency"))
-    assert "\n" not in str(info.value)
+    monkeypatch.setenv("CARVIS_CACHE", str(tmp_path))
+    profile = axionaut_profile.replace(mode=mode, **extra)
+    lite = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="litert"), profile)
+    explainer = lite.maps.state.explainer
+    assert (explainer.mode, explainer.backend) == (mode, "litert")
+    assert isinstance(explainer._forward, LiteRTModel)
+    assert len(list(tmp_path.glob(f"*-outputs-*-f{FORMAT}.tflite"))) == 1, "one graph, cached"
+    tf = pipeline.make_renderer(ModelSession(axionaut_model_path, backend="tensorflow"),
+                                profile)
+    assert tf.maps.state.explainer.backend == "tensorflow"
+    batch = lite.maps.preprocess(lite.maps.preprocess.roi(frame)).copy()
+    a, b = explainer(batch), tf.maps.state.explainer(batch)  # SmoothGrad: the same noise
+    assert b.map.max() > 0, "a map that is not all zeros"
+    np.testing.assert_allclose(a.map, b.map, rtol=1e-4, atol=1e-4 * b.map.max())
+    np.testing.assert_allclose(a.prediction, b.prediction, atol=1e-5)
+    again = ModelSession(axionaut_model_path, backend="litert")
+    pipeline.make_renderer(again, profile)
+    assert again.conversions == 0, "a later run converts nothing"
 
 
-def test_gradient_modes_on_auto_use_tensorflow(axionaut_model_path, axionaut_profile, frame):
+def test_gradient_modes_on_litert_need_no_tensorflow_once_cached(axionaut_model_path,
+                                                                  axionaut_profile, tmp_path):
+    """The car's case: a cached gradient graph runs in a process that cannot import
+    TensorFlow or Keras (saliency's start was TensorFlow's ~4 s import)."""
+    if not litert_available():
+        pytest.skip("ai-edge-litert is not installed")
+    cache = tmp_path / "cache"
+    code = f"""
+import json, sys
+from carvis import pipeline, profile
+from carvis.session import ModelSession
+p = profile.load({str(REPO / "models" / "axionaut.yaml")!r}).replace(mode="saliency",
+                                                                   target="left")
+r = pipeline.make_renderer(ModelSession({str(axionaut_model_path)!r}, backend="litert"), p)
+import numpy as np
+m = r.maps.state.explainer(np.full((1, 70, 250, 3), 100, np.float32)).map
+print(json.dumps({{"tf": "tensorflow" in sys.modules or "keras" in sys.modules,
+                  "backend": r.maps.state.explainer.backend, "max": float(m.max())}}))
+"""
+    env = {**os.environ, "CARVIS_CACHE": str(cache)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, timeout=300, check=True)
+    assert json.loads(first.stdout.splitlines()[-1])["tf"], "the first run converts with TF"
+    blocked = str(tmp_path / "blocked")
+    os.makedirs(blocked)
+    for name in ("tensorflow", "keras"):  # an import of either fails
+        with open(os.path.join(blocked, f"{name}.py"), "w") as fh:
+            fh.write("raise ImportError('blocked by the test')\n")
+    env["PYTHONPATH"] = os.pathsep.join([blocked, str(REPO)])
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr[-2000:]
+    result = json.loads(second.stdout.splitlines()[-1])
+    assert result["backend"] == "litert" and result["max"] > 0
+    assert result["max"] == json.loads(first.stdout.splitlines()[-1])["max"]
+
+
+def test_gradient_modes_on_auto_run_on_litert(axionaut_model_path, axionaut_profile, frame):
     session = ModelSession(axionaut_model_path, backend="auto")
     renderer = pipeline.make_renderer(session, axionaut_profile.replace(mode="guided",
                                                                    target="left"))
     out = render_image(renderer, frame.copy())
     assert out.shape == (480, 1800, 3) and renderer.last_map.prediction.shape == (5,)
     assert renderer.maps.state.explainer.mode == "guided"
-    assert renderer.maps.state.explainer.backend == "tensorflow", "auto falls back to TensorFlow's graph"
+    assert renderer.maps.state.explainer.backend == (
+        "litert" if litert_available() else "tensorflow"), "auto: LiteRT where it is installed"
 
 
 def test_vbp_on_litert_matches_tensorflow(axionaut_model_path, axionaut_profile, frame,

@@ -83,8 +83,19 @@ def convert(model: Any, names: list[str] | tuple[str, ...], meta: LayerMeta) -> 
     return with_metadata(_to_tflite(sub, serve, spec, f"{what} of model {model.name!r}"), meta)
 
 
+def convert_graph(graph: Any, meta: LayerMeta, what: str) -> bytes:
+    """A mode's whole graph (carvis.explain.base.GradientGraph: gradients through built-in
+    ops) as a float32 .tflite whose metadata names its outputs (out0, out1, ... stand for
+    meta.outputs)."""
+    quiet_environment()
+    data = _to_tflite(graph.tracked, graph.serve, [graph.spec], what)
+    graph.check()
+    return with_metadata(data, dataclasses.replace(meta, outputs=tuple(graph.keys)))
+
+
 def _to_tflite(sub: Any, serve: Any, specs: list, what: str) -> bytes:
-    """A Keras export archive of sub with one endpoint, converted to a .tflite flatbuffer."""
+    """A Keras export archive of sub (a model, or a list of them) with one endpoint, converted
+    to a .tflite flatbuffer."""
     import keras
     import tensorflow as tf
 
@@ -94,7 +105,8 @@ def _to_tflite(sub: Any, serve: Any, specs: list, what: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="carvis-export-") as tmp, held_stderr() as lines:
         try:
             archive = keras.export.ExportArchive()
-            archive.track(sub)
+            for tracked in sub if isinstance(sub, list) else [sub]:
+                archive.track(tracked)
             archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
             archive.write_out(tmp, verbose=False)
             return tf.lite.TFLiteConverter.from_saved_model(tmp).convert()

@@ -56,7 +56,8 @@ class LiteRTModel:
 
     def __init__(self, flatbuffer: bytes, source: str = "<tflite>", num_threads: int = 1,
                  rename: Mapping[str, str] | None = None, meta: LayerMeta | None = None,
-                 preserve_all_tensors: bool = False) -> None:
+                 preserve_all_tensors: bool = False, batch: int = 1) -> None:
+        self._batch = batch  # the batch every input is given (a SmoothGrad graph's: 1 + N)
         try:
             Interpreter, self.runtime = interpreter_class()
         except CarvisError as exc:
@@ -99,7 +100,7 @@ class LiteRTModel:
                                   "supported (float32, or int8/uint8 with quantization)")
 
     def _prepare(self) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-        """Every input given a batch of 1, the tensors allocated; the named inputs, outputs."""
+        """Every input given its batch (1), the tensors allocated; the named inputs, outputs."""
         interpreter = self.interpreter
         inputs = interpreter.get_input_details()
         if not inputs:
@@ -109,8 +110,9 @@ class LiteRTModel:
             if len(shape) < 2:
                 raise CarvisError(f"{self.source}: input {d['name']!r} has shape {tuple(shape)}, "
                                   "without a batch axis")
-            if shape[0] != 1:
-                interpreter.resize_tensor_input(d["index"], [1] + shape[1:], strict=False)
+            if shape[0] != self._batch:
+                interpreter.resize_tensor_input(d["index"], [self._batch] + shape[1:],
+                                                strict=False)
         interpreter.allocate_tensors()
         named_in, named_out = _signature(interpreter)
         by_index = {d["index"]: d for d in interpreter.get_input_details()}

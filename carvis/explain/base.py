@@ -21,7 +21,7 @@ from carvis import models
 from carvis.errors import CarvisError
 from carvis.explain.facts import ModelFacts
 from carvis.explain.graph import output_layer_names, steering_head
-from carvis.explain.guided import guided_clone
+from carvis.explain.guided import gradient_clone
 from carvis.explain.targets import Target, make_target
 from carvis.settings import GRADIENT_MODES
 
@@ -48,6 +48,20 @@ class Explanation:
     outputs: dict[str, np.ndarray]
 
 
+@dataclasses.dataclass
+class GradientGraph:
+    """A mode's graph to convert: serve(x) returns outputs named out0, out1, ... which stand,
+    once traced, for keys[0], keys[1], ... (layers, '@prediction', '@grad:input'); tracked:
+    the Keras models it runs; check(): after the trace, CarvisError if the target does not
+    depend on the map layer."""
+
+    serve: Callable[[Any], dict[str, Any]]
+    tracked: list[Any]
+    keys: list[str]
+    spec: Any
+    check: Callable[[], None]
+
+
 def require_tensorflow(mode: str, backend: str) -> None:
     """One line if a gradient mode is asked of a backend without gradients (LiteRT)."""
     if mode in GRADIENT_MODES and backend != "tensorflow":
@@ -62,7 +76,9 @@ class Explainer:
     :meth:`_output_layers` when they read layers of their own choosing). ``forward`` replaces
     the built TensorFlow graph for forward-only modes (e.g. a multi-output LiteRT model
     returning ``output_layers`` and ``'@prediction'``); ``forward_factory(output_layers,
-    steering_layer)`` builds one once the explainer knows which layers it needs.
+    steering_layer)`` builds one once the explainer knows which layers it needs;
+    ``gradients(explainer)`` gives a gradient mode's whole graph run elsewhere (LiteRT, from
+    :meth:`gradient_graph` converted).
     :attr:`backend` says what runs the forward part: "tensorflow" for the built graph, else
     the forward's own ``backend`` attribute (default "litert").
     """
@@ -77,6 +93,7 @@ class Explainer:
                  smoothgrad: tuple[int, float] | None = None,
                  forward: Forward | None = None,
                  forward_factory: Callable[[tuple[str, ...], str], Forward] | None = None,
+                 gradients: Callable[[Explainer], Forward] | None = None,
                  seed: int = 0) -> None:
         self.model = model  # a Keras model, or a .tflite's ModelFacts (forward-only modes)
         facts = isinstance(model, ModelFacts)
@@ -107,6 +124,8 @@ class Explainer:
                               "backend only (--backend tensorflow)")
         if forward is None and forward_factory is not None:
             forward = forward_factory(self.output_layers, self.head.layer)
+        if forward is None and gradients is not None and self.wrt:
+            forward = gradients(self)  # the whole graph, gradients included, run elsewhere
         if forward is None:
             self.backend = "tensorflow"
             self._forward = self._build()
@@ -136,17 +155,21 @@ class Explainer:
         raise NotImplementedError
 
     # -- the one graph -------------------------------------------------------------------------
-    def _build(self) -> Forward:
-        """The forward part as one tf.function (outputs and gradients), traced now."""
+    def _graph(self, model: Any, builtin: bool = False) -> tuple[Any, list[Any], list]:
+        """The forward part as a function of the input batch (outputs and gradients by key),
+        the Keras models it runs, and a list that names the map layer after a trace if the
+        target does not depend on it. builtin: every gradient through TFLite's built-in ops
+        (carvis.explain.guided.gradient_clone), to be converted for LiteRT."""
         import keras
         import tensorflow as tf
 
-        model = self.model
         names = list(self.output_layers)
         tensors = [model.get_layer(n).output for n in names] + [model.outputs[self.head.index]]
         forward = keras.Model(model.inputs[0], tensors, name=f"{model.name}_{self.mode}")
         keys = names + [PREDICTION]
-        guided = guided_clone(forward) if self.guided else None
+        guided = gradient_clone(forward, guided=True, builtin=builtin) if self.guided else None
+        if builtin and self.wrt:
+            forward = gradient_clone(forward, builtin=True)
         target = self.target
         wrt = self.wrt
         layer_key = self.layer
@@ -158,9 +181,6 @@ class Explainer:
                 return values, tf.reduce_sum(target(values[target.layer]))
             return values, tf.reduce_sum(target(values[PREDICTION]))
 
-        spec = tf.TensorSpec((self.batch_size,) + self.input_shape, tf.float32)
-
-        @tf.function(input_signature=[spec], reduce_retracing=True)
         def run(x: Any) -> dict[str, Any]:
             if not wrt:
                 return dict(zip(keys, _listed(forward(x, training=False)), strict=True))
@@ -191,7 +211,15 @@ class Explainer:
                     result.update(gvalues)
             return result
 
-        self._graph_model = forward
+        return run, [m for m in (forward, guided) if m is not None], unconnected
+
+    def _build(self) -> Forward:
+        """The forward part as one tf.function (outputs and gradients), traced now."""
+        import tensorflow as tf
+
+        body, _, unconnected = self._graph(self.model)
+        spec = tf.TensorSpec((self.batch_size,) + self.input_shape, tf.float32)
+        run = tf.function(body, input_signature=[spec], reduce_retracing=True)
         # Trace now, not on the first frame (a live switch builds beside the loop); TF's
         # "frequent retracing" warning counts every explainer's graph as one function's.
         logger = tf.get_logger()
@@ -202,12 +230,32 @@ class Explainer:
         finally:
             logger.setLevel(level)
         if unconnected:
-            raise _unconnected(target.name, layer_key)
+            raise _unconnected(self.target.name, self.layer)
 
         def call(batch: np.ndarray) -> dict[str, np.ndarray]:
             return {k: v.numpy() for k, v in run(batch).items()}
 
         return call
+
+    def gradient_graph(self, model: Any) -> GradientGraph:
+        """This mode's whole graph (gradients included, through built-in ops), to convert to
+        a .tflite. model: the Keras model (the explainer may hold only its facts)."""
+        import tensorflow as tf
+
+        body, tracked, unconnected = self._graph(model, builtin=True)
+        keys: list[str] = []
+
+        def serve(x: Any) -> dict[str, Any]:
+            values = body(x)
+            keys[:] = list(values)
+            return {f"out{i}": v for i, v in enumerate(values.values())}
+
+        def check() -> None:
+            if unconnected:
+                raise _unconnected(self.target.name, self.layer)
+
+        spec = tf.TensorSpec((self.batch_size,) + self.input_shape, tf.float32, name="input")
+        return GradientGraph(serve, tracked, keys, spec, check)
 
     # -- per frame -----------------------------------------------------------------------------
     def explain(self, batch: np.ndarray) -> Explanation:

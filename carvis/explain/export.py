@@ -48,6 +48,30 @@ def mode_outputs(model: Any, *, hud: bool, vbp: bool, cam: bool | None
     return outputs, fields
 
 
+def described(model: Any, source: os.PathLike | None, sha256: str | None) -> LayerMeta:
+    """What the forward-only modes and the HUD read of a Keras model — its layer table,
+    steering head (and its other outputs), VisualBackProp's path, CAM's weights — as metadata,
+    so a later run reads them without TensorFlow. A part the model lacks is left out; whoever
+    needs it asks the Keras model, which says why."""
+    from pathlib import Path
+
+    meta = convert.layer_meta(model, [model.layers[-1].name], Path(source) if source else None,
+                              sha256)
+    fields: dict[str, Any] = {"outputs": meta.layer_names, "shown": ()}
+    try:
+        _, found = mode_outputs(model, hud=True, vbp=False, cam=None)
+    except CarvisError:
+        return dataclasses.replace(meta, **fields)
+    fields.update(found)
+    try:
+        path = vbp_chain(model, steering_head(model))
+        plan_from_chain(path, f"model {model.name!r}")
+        fields["vbp"] = path
+    except CarvisError:
+        pass
+    return dataclasses.replace(meta, **fields)
+
+
 def export(model_path: str | os.PathLike, out: str | os.PathLike, *,
            layers: Sequence[str | int] = (), all_conv: bool = False, hud: bool = False,
            vbp: bool = False, cam: bool | None = False, lambda_policy: str = "error"

@@ -3,7 +3,9 @@ cached, or run on TensorFlow.
 
 ``auto`` runs LiteRT when it is installed (a conversion per file content and layer, cached, so
 later runs import neither TensorFlow nor Keras) and TensorFlow otherwise; a conversion that
-fails under ``auto`` falls back to TensorFlow with a note. Gradient modes run on TensorFlow.
+fails under ``auto`` falls back to TensorFlow with a note. On LiteRT every mode runs from
+cached conversions (carvis.kinds.keras_litert), the gradient modes from their whole graph with
+the gradients through built-in ops.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import numpy as np
 from carvis import explain, models, settings
 from carvis.backends import LITERT_HELP, Backend, litert_available, litert_runtime
 from carvis.backends import cache as conversion_cache
-from carvis.backends.convert import ConversionError, convert, convert_whole, layer_meta
-from carvis.backends.litert import LayerBackend, LiteRTModel
+from carvis.backends.convert import ConversionError, convert_whole
+from carvis.backends.litert import LiteRTModel
 from carvis.backends.tensorflow import TensorFlowBackend
 from carvis.errors import CarvisError
 from carvis.kinds.base import KindOptions, ModelKind
+from carvis.kinds.keras_litert import KerasLiteRT
 
 log = logging.getLogger("carvis")
 
@@ -38,6 +41,8 @@ class KerasKind(ModelKind):
         self._model: Any = None
         self._whole: Any = None
         self._built: list[Backend] = []
+        # The conversions to LiteRT, cached (they load the Keras model only when converting).
+        self.litert = KerasLiteRT(path, options, lambda: self.model, self.made)
         if options.backend == "litert" and not litert_available():
             raise CarvisError(f"--backend litert needs a LiteRT runtime; {LITERT_HELP}, or use "
                               "--backend tensorflow")
@@ -130,7 +135,7 @@ class KerasKind(ModelKind):
     def layer_backend(self, spec: str | int) -> Backend:
         if self.backend_name == "litert":
             try:
-                built = self._litert(spec)
+                built = self.litert.layer(spec)
             except ConversionError as exc:
                 if self.options.backend != "auto":
                     raise
@@ -148,46 +153,18 @@ class KerasKind(ModelKind):
                 return built
         return TensorFlowBackend(models.truncated_model(self.model, layer), layer.name)
 
-    def _converted(self, outputs: list[str], make_names: Any) -> tuple[bytes, Path]:
-        """The .tflite of some outputs, converted once per file content and cached."""
-        sha = self.options.sha256()
-        path = conversion_cache.cache_path(sha, outputs, self.options.lambda_policy)
-
-        def make() -> bytes:
-            names = make_names()
-            return convert(self.model, names, layer_meta(self.model, names, self.path, sha))
-
-        data, converted = conversion_cache.get_or_convert(path, sha, make)
-        self.made.append((path, converted))
-        return data, path
-
-    def _litert(self, spec: str | int) -> Backend:
-        def names() -> list[str]:
-            return [models.resolve_layer(self.model, spec).name]
-
-        data, path = self._converted([str(spec)], names)
-        converted = self.made[-1][1]
-        where = self.path.name if converted else f"{self.path.name} (cached {path.name})"
-        return LayerBackend(LiteRTModel(data, where, self.options.num_threads))
-
-    def forward(self, names: tuple[str, ...], steering: str) -> LiteRTModel:
-        """The layers' outputs and the steering output in one LiteRT model (converted once and
-        cached); the steering output is named explain.PREDICTION."""
-        outputs = [*dict.fromkeys(names), steering]
-        data, _ = self._converted(outputs, lambda: outputs)
-        return LiteRTModel(data, self.path.name, self.options.num_threads,
-                           rename={steering: explain.PREDICTION})
-
     def explainer(self, mode: str, target: str, layer: str | None,
                   smoothgrad: tuple[int, float] | None) -> explain.Explainer:
         kwargs = {"layer": layer, "target": target, "smoothgrad": smoothgrad}
-        if mode in settings.GRADIENT_MODES:
-            explain.require_tensorflow(mode, "litert" if self.options.backend == "litert"
-                                       else "tensorflow")
-        elif self.backend_name == "litert":
+        if self.backend_name == "litert":
+            lite = self.litert
+            # The cached facts where they hold what the mode needs, else the Keras model
+            # (which says why it cannot).
+            model = lite.facts() if lite.describes(mode) else self.model
+            hook = ({"gradients": lite.gradients} if mode in settings.GRADIENT_MODES
+                    else {"forward_factory": lite.forward})
             try:
-                return explain.make_explainer(mode, self.model, **kwargs,
-                                              forward_factory=self.forward)
+                return explain.make_explainer(mode, model, **kwargs, **hook)
             except ConversionError as exc:
                 if self.options.backend != "auto":
                     raise
