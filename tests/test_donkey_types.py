@@ -320,3 +320,31 @@ def test_detection_imports_no_tensorflow(pilots):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert (r.returncode, r.stdout.strip()) == (0, "behavior"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["linear", "categorical"])
+@pytest.mark.parametrize("mode,target", [("saliency", "predicted"), ("saliency", "left"),
+                                         ("guided", "right"), ("gradcam", "predicted")])
+def test_gradient_modes_on_litert_equal_tensorflow_on_donkeycars_pilots(
+        pilots, kind, mode, target, tmp_path, monkeypatch):
+    """makemovie's --salient pilots (linear, categorical), as DonkeyCar saves them: their
+    gradient graph through built-in ops (strided 5x5 convs, ReLU Dense layers) on LiteRT gives
+    TensorFlow's map on every record of the tub."""
+    from carvis import explain
+    from carvis.session import ModelSession
+
+    monkeypatch.setenv("CARVIS_CACHE", str(tmp_path))
+    path = pilots.model(kind, "h5")
+    lite = ModelSession(path, backend="litert").explainer(mode, target, None, None)
+    tf = ModelSession(path, backend="tensorflow").explainer(mode, target, None, None)
+    assert (lite.backend, tf.backend) == ("litert", "tensorflow")
+    assert isinstance(lite._forward, LiteRTModel)
+    (images,) = pilots.fed(kind, "h5").values()  # the one input: the image
+    for n in range(pilots.reference["records"]):
+        batch = images[n:n + 1].astype(np.float32)
+        a, b = lite(batch), tf(batch)
+        assert b.map.max() > 0
+        np.testing.assert_allclose(a.map, b.map, rtol=1e-4, atol=1e-4 * b.map.max(),
+                                   err_msg=f"record {n}")
+        np.testing.assert_allclose(a.prediction, b.prediction, atol=1e-5)
+    assert explain.PREDICTION in lite._forward.output_names

@@ -12,6 +12,7 @@ import numpy as np
 from carvis import models
 from carvis.errors import CarvisError
 from carvis.explain.base import Explainer
+from carvis.explain.facts import ModelFacts
 from carvis.explain.saliency import saliency_map
 
 
@@ -23,8 +24,9 @@ def gradcam_map(activation: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, 
 
 
 def last_conv(model: Any) -> str:
-    """The name of the model's last spatial conv layer."""
-    convs = [info.name for info in models.layer_table(model) if info.is_conv and info.is_spatial]
+    """The name of the model's last spatial conv layer (a Keras model, or its facts)."""
+    rows = model.rows if isinstance(model, ModelFacts) else models.layer_table(model)
+    convs = [info.name for info in rows if info.is_conv and info.is_spatial]
     if not convs:
         raise CarvisError(f"model {model.name!r} has no conv layer; pass --layer L")
     return convs[-1]

@@ -41,6 +41,18 @@ class Target:
         return grads
 
 
+def first_output(prediction: Any) -> Any:
+    """(B, units) → (B,) the first unit, without a slice: a slice's gradient (StridedSliceGrad)
+    is not among TFLite's built-in ops, a reshape's and a product's are (the value is the
+    same)."""
+    import tensorflow as tf
+
+    units = int(prediction.shape[-1])
+    if units == 1:
+        return tf.reshape(prediction, (-1,))
+    return tf.reduce_sum(prediction * tf.one_hot(0, units, dtype=prediction.dtype), axis=1)
+
+
 class BinsTarget(Target):
     """The sum of some steering bins of the output (probabilities for a softmax head)."""
 
@@ -86,7 +98,7 @@ class SteerTarget(Target):
     def __call__(self, prediction: Any) -> Any:
         import tensorflow as tf
 
-        y = prediction[:, 0]
+        y = first_output(prediction)
         return tf.abs(y) if self.sign is None else self.sign * y
 
     def coefficients(self, prediction: np.ndarray) -> np.ndarray:
@@ -103,7 +115,7 @@ class CourseTarget(SteerTarget):
         super().__init__("course", None)
 
     def __call__(self, prediction: Any) -> Any:
-        return prediction[:, 0]
+        return first_output(prediction)
 
     def modify(self, grads: np.ndarray) -> np.ndarray:
         return np.abs(1.0 / (grads + np.float32(SMALL_VALUES_EPS)))
