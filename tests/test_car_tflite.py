@@ -231,11 +231,12 @@ def test_added_outputs_read_what_preserved_tensors_hold(files):
         np.testing.assert_array_equal(a[name], kept.interpreter.get_tensor(t), err_msg=name)
 
 
-def test_gradient_modes_on_a_tflite_say_they_need_the_laptop(files):
+def test_gradient_modes_on_a_tflite_say_they_need_the_keras_model(files):
     session = ModelSession(files["axionaut-car.tflite"])
     for mode in ("gradcam", "saliency", "guided", "guided-gradcam"):
-        with pytest.raises(CarvisError, match=rf"mode '{mode}' needs gradients.*laptop.*"
-                                              "--backend tensorflow") as info:
+        with pytest.raises(CarvisError, match=rf"mode '{mode}' needs gradients, which a "
+                                              r"\.tflite does not hold: give the \.h5/\.keras"
+                           ) as info:
             session.explainer(mode, "left", "convolution2d_2")
         assert "\n" not in str(info.value)
 

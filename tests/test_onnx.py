@@ -147,8 +147,8 @@ def test_onnx_gradient_modes_are_refused_in_one_line():
                      "--model", str(DATA / "pilotnet.onnx"), "--mode", "gradcam")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        "carvis: error: mode 'gradcam' needs gradients, which carvis computes with TensorFlow "
-        "only; on an ONNX model use vbp, occlusion, rise or activation")
+        "carvis: error: mode 'gradcam' needs gradients, which carvis computes from a Keras "
+        "model only; on an ONNX model use vbp, occlusion, rise or activation")
 
 
 def test_onnx_render_with_vbp_and_hud(tmp_path):

@@ -96,9 +96,9 @@ def test_a_refused_mode_is_its_own_one_line_without_a_hud_note(tmp_path, capsys)
     code, err = _run(capsys, "render", str(tub), "-o", str(tmp_path / "o.avi"), "--model",
                      str(REPO / "models" / "default.tflite"), "--mode", "gradcam", "-q")
     assert code == 2 and [ln for ln in err if not ln.startswith("carvis: tub ")] == [
-        ("carvis: error: mode 'gradcam' needs gradients, which TFLite's built-in ops cannot "
-        "compute: it needs the laptop (the .h5/.keras model with --backend tensorflow on a "
-        "machine with TensorFlow)")]
+        ("carvis: error: mode 'gradcam' needs gradients, which a .tflite does not hold: give "
+         "the .h5/.keras model (on the laptop, where TensorFlow is, carvis converts its gradient "
+         "graph once; LiteRT runs it from then on)")]
 
 
 def test_differ_most_is_left_out_when_every_difference_is_0():

@@ -28,7 +28,6 @@ from carvis.explain.base import (
     Explainer,
     Explanation,
     Forward,
-    require_tensorflow,
 )
 from carvis.explain.cam import CAM, cam_head
 from carvis.explain.facts import ModelFacts, facts_from
@@ -97,7 +96,6 @@ __all__ = [
     "mode_parameters",
     "parse_mode",
     "parse_target",
-    "require_tensorflow",
     "saliency_map",
     "side_bins",
     "steering_head",

@@ -23,7 +23,6 @@ from carvis.explain.facts import ModelFacts
 from carvis.explain.graph import output_layer_names, steering_head
 from carvis.explain.guided import gradient_clone
 from carvis.explain.targets import Target, make_target
-from carvis.settings import GRADIENT_MODES
 
 log = logging.getLogger("carvis")
 
@@ -60,13 +59,6 @@ class GradientGraph:
     keys: list[str]
     spec: Any
     check: Callable[[], None]
-
-
-def require_tensorflow(mode: str, backend: str) -> None:
-    """One line if a gradient mode is asked of a backend without gradients (LiteRT)."""
-    if mode in GRADIENT_MODES and backend != "tensorflow":
-        raise CarvisError(f"mode {mode!r} needs gradients, which the {backend} backend does not "
-                          "compute; use --backend tensorflow")
 
 
 class Explainer:

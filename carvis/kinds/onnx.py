@@ -65,8 +65,8 @@ class OnnxKind(ModelKind):
     def explainer(self, mode: str, target: str, layer: str | None,
                   smoothgrad: tuple[int, float] | None) -> explain.Explainer:
         if mode in settings.GRADIENT_MODES:
-            raise CarvisError(f"mode {mode!r} needs gradients, which carvis computes with "
-                              "TensorFlow only; on an ONNX model use vbp, occlusion, rise or "
+            raise CarvisError(f"mode {mode!r} needs gradients, which carvis computes from a "
+                              "Keras model only; on an ONNX model use vbp, occlusion, rise or "
                               "activation")
         options = {"layer": layer, "target": target, "smoothgrad": smoothgrad,
                    "forward_factory": lambda names, steering: _Forward(self.file, names, steering)}

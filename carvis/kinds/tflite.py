@@ -97,9 +97,10 @@ class TfliteKind(ModelKind):
     def explainer(self, mode: str, target: str, layer: str | None,
                   smoothgrad: tuple[int, float] | None) -> explain.Explainer:
         if mode in settings.GRADIENT_MODES:
-            raise CarvisError(f"mode {mode!r} needs gradients, which TFLite's built-in ops "
-                              "cannot compute: it needs the laptop (the .h5/.keras model with "
-                              "--backend tensorflow on a machine with TensorFlow)")
+            raise CarvisError(f"mode {mode!r} needs gradients, which a .tflite does not hold: "
+                              "give the .h5/.keras model (on the laptop, where TensorFlow is, "
+                              "carvis converts its gradient graph once; LiteRT runs it from "
+                              "then on)")
         try:
             return explain.make_explainer(mode, self.facts, layer=layer, target=target,
                                           smoothgrad=smoothgrad, forward_factory=self._forward)
