@@ -28,8 +28,6 @@ import argparse
 import importlib.util
 import os
 import platform
-import re
-import selectors
 import statistics
 import subprocess
 import sys
@@ -44,7 +42,7 @@ _spec = importlib.util.spec_from_file_location("viewers_check", REPO / "scripts"
                                                "viewers_check.py")
 viewers_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(viewers_check)
-Viewer, cpu_seconds = viewers_check.Viewer, viewers_check.cpu_seconds
+cpu_seconds = viewers_check.cpu_seconds
 
 PICAMERA2_PATTERN = r'''
 import io, logging, socketserver, sys, threading, time
@@ -172,38 +170,22 @@ def serve(cmd: list[str], seconds: float, warmup: float, viewers: int) -> dict[s
     log = tempfile.NamedTemporaryFile("w+", prefix="live_bench-", suffix=".log")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=log, env={**os.environ,
                                                             "PYTHONUNBUFFERED": "1"})
-    clients: list[Viewer] = []
+    audience = None
     try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"live_bench: the server did not start:\n{Path(log.name).read_text()}")
-            time.sleep(0.2)
-            found = re.search(r"page (http://\S+/)", Path(log.name).read_text())
-            url = found[1] if found else None
-        host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
-        sel = selectors.DefaultSelector()
-        for _ in range(viewers):
-            v = Viewer(host, int(port))
-            clients.append(v)
-            sel.register(v.sock, selectors.EVENT_READ, v)
-
-        def pump(until: float) -> None:
-            while (left := until - time.monotonic()) > 0:
-                for key, _ in sel.select(min(left, 0.2)):
-                    key.data.on_readable()
-
-        pump(time.monotonic() + warmup)
-        start = [v.frames for v in clients]
+        url = viewers_check.page_of(proc, Path(log.name))
+        if url is None:
+            sys.exit(f"live_bench: the server did not start:\n{Path(log.name).read_text()}")
+        audience = viewers_check.Audience(url, viewers)
+        audience.pump(warmup)
+        start = audience.frames()
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        pump(t0 + seconds)
+        audience.pump(seconds)
         elapsed = time.monotonic() - t0
         cpu = cpu_seconds(proc.pid) - cpu0
-        frames = [v.frames - s for v, s in zip(clients, start, strict=True)]
+        frames = [n - s for n, s in zip(audience.frames(), start, strict=True)]
     finally:
-        for v in clients:
-            v.sock.close()
+        if audience is not None:
+            audience.close()
         proc.terminate()
         try:
             proc.wait(timeout=20)

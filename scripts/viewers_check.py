@@ -84,6 +84,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def page_of(server: subprocess.Popen, log: Path, timeout: float = 120.0) -> str | None:
+    """The page address a starting server prints on stderr ("page http://HOST:PORT/"), or None
+    if it exits or says nothing within the timeout."""
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = re.search(r"page (http://\S+/)", log.read_text())
+        if found:
+            return found[1]
+    return None
+
+
+class Audience:
+    """Viewers of one stream read by one selector (this thread)."""
+
+    def __init__(self, url: str, n: int) -> None:
+        host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
+        self.sel = selectors.DefaultSelector()
+        self.viewers = [Viewer(host, int(port)) for _ in range(n)]
+        for v in self.viewers:
+            self.sel.register(v.sock, selectors.EVENT_READ, v)
+
+    def pump(self, seconds: float) -> None:
+        """Read whatever arrives for this long."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            for key, _ in self.sel.select(min(left, 0.2)):
+                key.data.on_readable()
+
+    def frames(self) -> list[int]:
+        """Frames each viewer has had so far."""
+        return [v.frames for v in self.viewers]
+
+    def close(self) -> None:
+        for v in self.viewers:
+            v.sock.close()
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.load(resp)
@@ -111,50 +149,34 @@ def main() -> int:
         "w+", prefix="viewers_check-", suffix=".log", delete=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(cmd, cwd=REPO, stderr=log, env=env)
-    viewers: list[Viewer] = []
+    audience: Audience | None = None
     stalled = None
     try:
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None:
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                print(log.read(), file=sys.stderr)
-                print("viewers_check: carvis run did not start", file=sys.stderr)
-                return 2
-            time.sleep(0.2)
-            found = re.search(r"page (http://\S+/)", Path(log.name).read_text())
-            url = found[1] if found else None
-        host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
-        port = int(port)
+        url = page_of(server, Path(log.name))
+        if url is None:
+            log.seek(0)
+            print(log.read(), file=sys.stderr)
+            print("viewers_check: carvis run did not start", file=sys.stderr)
+            return 2
         print(f"server at {url}", flush=True)
+        host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
+        stalled = Viewer(host, int(port), stall=True)
+        audience = Audience(url, args.viewers)
 
-        sel = selectors.DefaultSelector()
-        stalled = Viewer(host, port, stall=True)
-        for _ in range(args.viewers):
-            v = Viewer(host, port)
-            viewers.append(v)
-            sel.register(v.sock, selectors.EVENT_READ, v)
-
-        def pump(until: float) -> None:
-            while (left := until - time.monotonic()) > 0:
-                for key, _ in sel.select(min(left, 0.2)):
-                    key.data.on_readable()
-
-        pump(time.monotonic() + args.warmup)
+        audience.pump(args.warmup)
         before = get_json(url + "stats")
-        start_counts = [v.frames for v in viewers]
+        start_counts = audience.frames()
         cpu0, own0 = cpu_seconds(server.pid), time.process_time()
         t0 = time.monotonic()
-        pump(t0 + args.seconds)
+        audience.pump(args.seconds)
         elapsed = time.monotonic() - t0
         cpu = cpu_seconds(server.pid) - cpu0
         own = time.process_time() - own0
-        counts = [v.frames - c for v, c in zip(viewers, start_counts)]
+        counts = [n - c for n, c in zip(audience.frames(), start_counts)]
         after = get_json(url + "stats")
     finally:
-        for v in viewers:
-            v.sock.close()
+        if audience is not None:
+            audience.close()
         if stalled is not None:
             stalled.sock.close()
         if server.poll() is None:
