@@ -19,9 +19,7 @@ import numpy as np
 
 from carvis import explain, models, settings
 from carvis.backends import LITERT_HELP, Backend, litert_available, litert_runtime
-from carvis.backends import cache as conversion_cache
-from carvis.backends.convert import ConversionError, convert_whole
-from carvis.backends.litert import LiteRTModel
+from carvis.backends.convert import ConversionError
 from carvis.backends.tensorflow import TensorFlowBackend
 from carvis.errors import CarvisError
 from carvis.kinds.base import KindOptions, ModelKind
@@ -103,13 +101,8 @@ class KerasKind(ModelKind):
         if self._whole is not None:
             return self._whole
         if self.backend_name == "litert":
-            sha = self.options.sha256()
-            path = conversion_cache.cache_path(sha, ["@whole"], self.options.lambda_policy)
             try:
-                data, converted = conversion_cache.get_or_convert(
-                    path, sha, lambda: convert_whole(self.model, self.path.name))
-                self.made.append((path, converted))
-                model = LiteRTModel(data, self.path.name, self.options.num_threads)
+                model = self.litert.whole()
                 self._whole = lambda feeds: model(feeds)
                 return self._whole
             except ConversionError as exc:

@@ -1,6 +1,6 @@
 """A Keras model's conversions to LiteRT, each made once per file content and kept in the
-cache (carvis.backends.cache): one layer, several outputs for a forward-only mode, a gradient
-mode's whole graph, and the model's facts (what the modes read of it). The Keras model is
+cache (carvis.backends.cache): one layer, several outputs for a forward-only mode, the whole
+model (a pilot with other inputs), a gradient mode's whole graph, and the model's facts (what the modes read of it). The Keras model is
 loaded only to make one; a later run reads them all without TensorFlow."""
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from typing import Any
 
 from carvis import explain, models
 from carvis.backends import cache as conversion_cache
-from carvis.backends.convert import ConversionError, convert, convert_graph, layer_meta
+from carvis.backends.convert import (
+    ConversionError,
+    convert,
+    convert_graph,
+    convert_whole,
+    layer_meta,
+)
 from carvis.backends.litert import LayerBackend, LiteRTModel
 from carvis.backends.tflite import LayerMeta, read_meta
 from carvis.errors import CarvisError
@@ -54,6 +60,15 @@ class KerasLiteRT:
         converted = self.made[-1][1]
         where = self.path.name if converted else f"{self.path.name} (cached {path.name})"
         return LayerBackend(LiteRTModel(data, where, self.options.num_threads))
+
+    def whole(self) -> LiteRTModel:
+        """The whole model, every input and output by name (a pilot with other inputs)."""
+        sha = self.options.sha256()
+        path = conversion_cache.cache_path(sha, ["@whole"], self.options.lambda_policy)
+        data, converted = conversion_cache.get_or_convert(
+            path, sha, lambda: convert_whole(self._model(), self.path.name))
+        self.made.append((path, converted))
+        return LiteRTModel(data, self.path.name, self.options.num_threads)
 
     def forward(self, names: tuple[str, ...], steering: str) -> LiteRTModel:
         """The layers' outputs and the steering output in one LiteRT model (converted once and
