@@ -109,18 +109,19 @@ def positions(source: Path, n: int) -> list[str]:
 _references: dict[tuple[str, str, str], list[np.ndarray]] = {}
 
 
-def references(kind: str, source: Path, view: str, backend: str, tmp: Path
+def references(kind: str, source: Path, view: str, backend: str, tmp: Path, *mode: str
                ) -> list[np.ndarray]:
-    """Each frame's own picture, rendered alone (PNG)."""
-    key = (kind, view, backend)
+    """Each frame's own picture, rendered alone (PNG); mode: more flags (--mode M)."""
+    key = (kind, view, backend, *mode)
     if key not in _references:
         pictures = []
         for i, start in enumerate(positions(source, FRAMES)):
-            out = tmp / f"ref-{kind}-{view}-{backend}-{i}"
+            out = tmp / f"ref-{kind}-{view}-{backend}-{'-'.join(mode)}-{i}"
             if view == "plot":  # the chart's history: frames 0..i, and i is the last
-                run(source, out, view, backend, "--end", str(int(start) + 1))
+                run(source, out, view, backend, *mode, "--end", str(int(start) + 1))
             else:
-                run(source, out, view, backend, "--start", start, "--end", str(int(start) + 1))
+                run(source, out, view, backend, *mode, "--start", start, "--end",
+                    str(int(start) + 1))
             pictures.append(read_frames(out)[-1])
         _references[key] = pictures
     return _references[key]
@@ -160,3 +161,23 @@ def test_every_output_frame_is_its_own_frame(sources: dict[str, Path], tmp_path:
         lo, hi = max(0, i - 5), min(FRAMES, i + 6)
         nearest = lo + closest(picture, expected[lo:hi])
         assert nearest == i, f"output frame {i} looks most like frame {nearest}'s picture"
+
+
+@pytest.mark.parametrize("mode", ["saliency", "guided", "vbp"])
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_mode_on_litert_gives_each_frame_its_own_picture(sources: dict[str, Path],
+                                                              tmp_path: Path, view: str,
+                                                              mode: str) -> None:
+    """The modes LiteRT runs from cached conversions (a gradient mode's whole graph, vbp's
+    outputs) with each view: PNG frame i equals frame i's one-frame render, bit-exact."""
+    source = sources["video"]
+    flags = ("--mode", mode)
+    expected = references("video", source, view, "litert",
+                          Path(os.environ.get("CARVIS_COMBO_TMP", tmp_path)), *flags)
+    out = tmp_path / "out"
+    run(source, out, view, "litert", *flags)
+    got = read_frames(out)
+    assert len(got) == FRAMES
+    wrong = [i for i in range(FRAMES) if not np.array_equal(got[i], expected[i])]
+    assert not wrong, f"{mode}: output frames {wrong} differ from their own one-frame render"
+    assert any(not np.array_equal(got[0], g) for g in got[1:]), "the frames differ"

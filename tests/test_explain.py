@@ -200,6 +200,28 @@ def test_axis_adjoint_is_the_transposed_reading_pattern(op):
     np.testing.assert_allclose(op.adjoint(y), op.matrix().T @ y, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fields", [
+    (62, 31, 2, 10 ** 30, 0),       # a byte-flipped stride
+    (62, 31, 10 ** 9, 2, 0),        # a window of a billion rows
+    (62, 0, 2, 2, 0),
+    (62, 31, 2, 2, 10 ** 6),        # a pad far outside the map
+    (62, 31, 2.5, 2, 0),
+])
+def test_a_window_no_layer_has_is_refused_before_any_buffer(fields):
+    with pytest.raises(ValueError, match="no layer reads|wider than"):
+        explain.AxisOp(*fields[:4], pad=fields[4])
+
+
+def test_a_damaged_vbp_path_is_one_line(vbp_model):
+    from carvis.explain.vbp import plan_from_chain, vbp_chain
+
+    path = vbp_chain(vbp_model)
+    path["chain"][0]["config"]["strides"] = [10 ** 30, 2]
+    with pytest.raises(CarvisError, match="vbp path is damaged at layer 'c1'") as caught:
+        plan_from_chain(path, "model.tflite")
+    assert "\n" not in str(caught.value)
+
+
 def test_vbp_plan_of_tiny_model_taps_and_shapes(vbp_model):
     plan = explain.vbp_plan(vbp_model)
     assert plan.taps == ("c1", "relu2", "c3")  # the linear conv's tap is its ReLU

@@ -674,3 +674,41 @@ def test_the_mutations_are_the_same_for_the_same_seed(tmp_path):
         runs.append([(what, path.read_bytes()) for what, path in
                      tflite_mutations(tmp_path / name, 20, SEED)])
     assert runs[0] == runs[1] and len({what for what, _ in runs[0]}) > 5
+
+
+# --------------------------------------------------------------------------- a kept description
+
+def test_fuzz_a_kept_model_description_is_used_or_made_again(tmp_path, monkeypatch):
+    """The facts carvis keeps of a Keras model in its cache (layer table, steering head, vbp
+    path) are a file it parses on every run: damaged, it is described again from the model (the
+    same map), or the run is refused in one line — never a traceback."""
+    pytest.importorskip("ai_edge_litert", reason="the LiteRT backend needs ai-edge-litert")
+    from carvis.session import ModelSession
+
+    model = Path(__file__).resolve().parents[1] / "models" / "default.keras"
+    monkeypatch.setenv("CARVIS_CACHE", str(tmp_path))
+    x = np.random.default_rng(0).uniform(0, 1, (1, *ModelSession(model).input_shape()))
+    x = x.astype(np.float32)
+    reference = ModelSession(model, backend="litert").explainer("vbp", "predicted", None,
+                                                               None)(x).map
+    (kept,) = tmp_path.glob("*_facts*.json")
+    good = kept.read_bytes()
+    rng = random.Random(SEED + 5)
+    outcomes = {"read": 0, "refused": 0, "described again": 0}
+    def vbp_map() -> np.ndarray:
+        return ModelSession(model, backend="litert").explainer("vbp", "predicted", None,
+                                                               None)(x).map
+
+    for n in range(40):
+        if n % 2:
+            data, what = mutate_bytes(good, rng)
+        else:
+            doc, what = mutate_json(json.loads(good), rng)
+            data = json.dumps(doc).encode()
+        kept.write_bytes(data)
+        outcome = read_or_refused(what, vbp_map)
+        if outcome == "read" and kept.read_bytes() == good:
+            outcome = "described again"
+            np.testing.assert_array_equal(vbp_map(), reference, err_msg=what)
+        outcomes[outcome] += 1
+    assert outcomes["described again"] >= 10, outcomes

@@ -77,6 +77,11 @@ class LayerMeta:
             if key in values:
                 values[key] = tuple(values[key])
         values["layer_shapes"] = tuple(tuple(s) for s in values.get("layer_shapes", ()))
+        n_layers = len(values.get("layer_names", ()))
+        for key in ("layer_types", "layer_shapes"):  # one per layer, if there at all
+            n = len(values.get(key, ()))
+            if n and n != n_layers:
+                raise ValueError(f"metadata {key} has {n} entries for {n_layers} layers")
         meta = cls(**values)
         if not meta.outputs:  # format 1: one layer, or several joined by '+'
             meta.outputs = meta.shown = tuple(meta.layer.split("+"))
@@ -119,6 +124,23 @@ def _head(value: Any) -> bool:
                              and _names(value.get("outputs", [])))
 
 
+def _vbp(value: Any) -> bool:
+    """VisualBackProp's path as carvis writes it: {"error": why} or {"input_hw": [h, w],
+    "chain": [{name, type, out_hw: [] or [h, w], config: {key: JSON value}, activation}]}."""
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    if "chain" not in value:
+        return isinstance(value.get("error", ""), str)
+    return (_ints(value.get("input_hw")) and len(value["input_hw"]) == 2
+            and isinstance(value["chain"], list)
+            and all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                    and isinstance(r.get("type"), str) and _ints(r.get("out_hw"))
+                    and len(r["out_hw"]) in (0, 2) and isinstance(r.get("config"), dict)
+                    and isinstance(r.get("activation", ""), str) for r in value["chain"]))
+
+
 #: The type of each metadata value as carvis writes it (a damaged file says otherwise).
 _META_TYPES: dict[str, Any] = {
     "layer": lambda v: isinstance(v, str), "layer_index": _maybe(int), "layers": _maybe(int),
@@ -127,7 +149,7 @@ _META_TYPES: dict[str, Any] = {
     "carvis": lambda v: isinstance(v, str), "format": _maybe(int), "outputs": _names,
     "shown": _names, "layer_types": _names,
     "layer_shapes": lambda v: isinstance(v, list) and all(_ints(s) for s in v),
-    "head": _head, "vbp": _maybe(dict),
+    "head": _head, "vbp": _vbp,
     "cam": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("layer"), str)
                                    and isinstance(v.get("kernel"), list)),
     "derived": lambda v: isinstance(v, bool),

@@ -26,6 +26,7 @@ ELEMENTWISE = {
     "Identity", "Rescaling", "Normalization", "ActivityRegularization", "Masking",
 }
 ACTIVATION_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "ThresholdedReLU"}
+_MAX_SIDE = 1 << 16  # rows or columns of any map carvis draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,18 @@ class AxisOp:
     dilation: int = 1
     pad: int = 0
     repeat: int = 1
+
+    def __post_init__(self) -> None:
+        """A window no layer has (a damaged file's metadata) is a ValueError here, not a
+        buffer of 10**30 rows later."""
+        fields = (self.n_in, self.n_out, self.size, self.stride, self.dilation, self.repeat)
+        if not all(isinstance(v, (int, np.integer)) and 1 <= v <= _MAX_SIDE for v in fields) \
+                or not isinstance(self.pad, (int, np.integer)) or abs(self.pad) > self.n_in + self.n_out:
+            raise ValueError(f"no layer reads its input this way: {self}")
+        n = -(-self.n_out // self.repeat)
+        if (n - 1) * self.stride + (self.size - 1) * self.dilation + 1 \
+                > 2 * (self.n_in + self.n_out) + 64:
+            raise ValueError(f"a window wider than its input and output: {self}")
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         """The all-ones transposed convolution along axis 0: n_out rows → n_in rows.

@@ -131,7 +131,12 @@ def plan_from_chain(path: dict, what: str = "the model") -> VBPPlan:
         segment = []
         for rec in chain[start: tap + 1]:
             out_hw = tuple(rec["out_hw"])
-            geometry = record_geometry(rec, prev_hw, out_hw)
+            try:
+                geometry = record_geometry(rec, prev_hw, out_hw)
+            except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError):
+                # a window's config that no layer has (a damaged file's metadata)
+                raise CarvisError(f"{what}: its vbp path is damaged at layer "
+                                  f"{rec['name']!r} ({rec['type']}: {rec['config']})") from None
             if geometry is not None:
                 segment.append(geometry)
             prev_hw = out_hw

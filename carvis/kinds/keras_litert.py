@@ -88,7 +88,7 @@ class KerasLiteRT:
                                                suffix=".json")
             data, _ = conversion_cache.get_or_convert(
                 path, sha, lambda: described(self._model(), self.path, sha).to_json(),
-                read=conversion_cache.read_json_meta)
+                read=_whole_facts)
             meta = LayerMeta.from_json(data)
             self._facts = explain.facts_from(meta, self.path.name, meta.input_shape,
                                              dict(zip(meta.layer_names, meta.layer_shapes,
@@ -132,3 +132,13 @@ class KerasLiteRT:
         return LiteRTModel(data, self.path.name, self.options.num_threads,
                            rename={f"out{i}": name for i, name in enumerate(names)},
                            batch=explainer.batch_size)
+
+
+def _whole_facts(data: bytes) -> LayerMeta | None:
+    """A kept description that holds what the facts are made of (a table with a shape per
+    layer, an image input), or None: a damaged one is described again."""
+    meta = conversion_cache.read_json_meta(data)
+    if meta is None or not (meta.layer_names and meta.layer_types and meta.layer_shapes) or \
+            len(meta.input_shape) != 3:
+        return None
+    return meta
