@@ -131,6 +131,20 @@ def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
         return plain
 
 
+def _cut_at_decode(source: Any, options: RenderOptions) -> Profile:
+    """The profile to render with. When the picture is only the profile's crop, a video source
+    is asked to cut it as it decodes (fewer pixels turned into BGR: carvis.sources.region);
+    if it does, the renderer is given frames already cut, and a profile without a crop. A map
+    track (--save-maps) keeps the crop of the whole frame, so it is rendered as before."""
+    profile = options.profile
+    cut = getattr(source, "crop_at_decode", None)
+    if cut is None or profile.output != "roi" or profile.crop is None or options.save_maps:
+        return profile
+    width, height = source.size
+    return dataclasses.replace(profile, crop=None) if cut(profile.crop.pixels(height, width)) \
+        else profile
+
+
 def _track_renderer(options: RenderOptions, source: Any) -> pipeline.Renderer:
     """A Renderer that draws a track's maps (no model)."""
     from carvis.review.replay import TrackMaps, drawing_profile, open_track
@@ -179,7 +193,8 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
                 raise CarvisError(f"nothing to render: {source.name} has {last}, none in "
                                   f"{asked}; give a range inside it")
             renderer = _track_renderer(options, source) if session is None else \
-                steering_renderer(session, options.profile, source, plot=options.plot,
+                steering_renderer(session, _cut_at_decode(source, options), source,
+                                  plot=options.plot,
                                   plot_seconds=options.plot_seconds, hud_on=options.hud,
                                   scale=options.scale, pilot=find_pilot(session, options))
             sink = open_sink(target, SinkOptions(source.fps, threads=options.encoder_threads),

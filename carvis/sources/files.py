@@ -15,6 +15,7 @@ from carvis import limits
 from carvis.errors import CarvisError, first_line
 from carvis.frame import Frame
 from carvis.sources.base import Source
+from carvis.sources.region import RegionDecoder, open_region
 from carvis.tfquiet import held_stderr
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,11 +51,61 @@ class VideoFileSource(Source):
         self.frame_count = count if count > 0 else None
         self.size = (first.shape[1], first.shape[0])
         self._index = 0
+        self._region: RegionDecoder | None = None
+        self._box: tuple[int, int, int, int] | None = None
+
+    def crop_at_decode(self, box: tuple[int, int, int, int]) -> bool:
+        """From the first frame on, give only the (top, bottom, left, right) box of each frame,
+        cut before the colour conversion (carvis.sources.region) if that gives OpenCV's pixels
+        exactly, as checked on the first frame; False: frames stay whole."""
+        if self._index or self._pending is None or self.loop or self._region is not None:
+            return False
+        top, bottom, left, right = box
+        threads = int(self._cap.get(cv2.CAP_PROP_N_THREADS) or 0)
+        region = open_region(self.path, box, threads)
+        if region is None:
+            return False
+        try:
+            first = region.read()
+        except Exception as exc:  # noqa: BLE001 - PyAV's, of any kind: OpenCV decodes
+            first = None
+            log.debug("%s: frames are decoded whole (%s)", self.name, first_line(exc))
+        expected = self._pending[top:bottom, left:right]
+        if first is None or not np.array_equal(first, expected):
+            if first is not None:
+                log.debug("%s: frames are decoded whole (PyAV's pixels differ from OpenCV's)",
+                          self.name)
+            region.close()
+            return False
+        self._cap.release()
+        self._region, self._box, self._pending = region, box, first
+        return True
+
+    def _next_region(self) -> np.ndarray | None:
+        """The next frame's region from PyAV; on a decoding error, OpenCV takes over from the
+        same frame (it reads the frames before it again and drops them)."""
+        try:
+            return self._region.read()
+        except Exception as exc:  # noqa: BLE001 - PyAV's, of any kind: OpenCV decodes
+            log.debug("%s: PyAV stopped at frame %d (%s); OpenCV decodes the rest",
+                      self.name, self._index, first_line(exc))
+        self._region.close()
+        self._region = None
+        with held_stderr():
+            self._cap = cv2.VideoCapture(self.path)
+            for _ in range(self._index):
+                if not self._cap.grab():
+                    return None
+            return self._cropped()
 
     def read(self) -> Frame | None:
         """The next decoded frame (from the start again when looping), or None at the end."""
         if self._pending is not None:
             image, self._pending = self._pending, None
+        elif self._box is not None:
+            image = self._next_region() if self._region is not None else self._cropped()
+            if image is None:
+                return None
         else:
             ok, image = self._cap.read()
             if not ok and self.loop and self._index > 0:
@@ -66,9 +117,19 @@ class VideoFileSource(Source):
         self._index += 1
         return frame
 
+    def _cropped(self) -> np.ndarray | None:
+        """OpenCV's next frame, cut to the box (after PyAV stopped)."""
+        ok, image = self._cap.read()
+        if not ok:
+            return None
+        top, bottom, left, right = self._box
+        return image[top:bottom, left:right]
+
     def close(self) -> None:
         """Release the capture."""
         self._cap.release()
+        if self._region is not None:
+            self._region.close()
 
 
 def _number_key(path: Path) -> tuple:

@@ -1,0 +1,152 @@
+"""A video's region cut as it is decoded (carvis.sources.region) gives OpenCV's pixels to the
+bit, frame by frame, or is not used: the picture of a render is the same either way."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carvis.cli import main
+from carvis.sources import VideoFileSource
+from carvis.sources.region import RegionDecoder
+
+pytest.importorskip("av", reason="PyAV is a dependency of carvis: pip install av")
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg command to make clips")
+
+#: Encodings a car's or a laptop's video comes in: the decoded pixel format and its colour tags.
+ENCODINGS = {
+    "h264 yuv420p": ["-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    "h264 bt709": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-colorspace", "bt709",
+                   "-color_primaries", "bt709", "-color_trc", "bt709"],
+    "h264 full range": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-color_range", "pc"],
+    "h264 yuv422p": ["-c:v", "libx264", "-pix_fmt", "yuv422p"],
+    "h264 yuv444p": ["-c:v", "libx264", "-pix_fmt", "yuv444p"],
+    "h264 10 bit": ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"],
+    "mjpeg avi": ["-c:v", "mjpeg", "-q:v", "3"],
+}
+BOXES = [(100, 300, 40, 600), (0, 360, 0, 640), (101, 300, 40, 600), (100, 301, 41, 601)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory, race_clip: Path) -> dict[str, Path]:
+    """12 frames of the real race clip at 640x360 in each encoding."""
+    if FFMPEG is None:
+        pytest.skip("needs the ffmpeg command to make clips")
+    if not race_clip.is_file():
+        pytest.skip(f"needs the Axionaut race clip ({race_clip})")
+    work = tmp_path_factory.mktemp("encodings")
+    made = {}
+    for name, args in ENCODINGS.items():
+        out = work / (name.replace(" ", "_") + (".avi" if "avi" in name else ".mp4"))
+        subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(race_clip), "-frames:v", "12",
+                        "-vf", "scale=640:360", *args, str(out)], check=True)
+        made[name] = out
+    return made
+
+
+def whole_frames(path: Path) -> list[np.ndarray]:
+    with VideoFileSource(path) as source:
+        return [frame.image for frame in source]
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_frames_cut_at_decode_are_opencvs_pixels_or_the_cut_is_not_made(clips, encoding):
+    path = clips[encoding]
+    whole = whole_frames(path)
+    assert len(whole) == 12
+    made = []
+    for box in BOXES:
+        top, bottom, left, right = box
+        with VideoFileSource(path) as source:
+            cut = source.crop_at_decode(box)
+            got = [frame.image for frame in source]
+        made.append(cut)
+        assert len(got) == len(whole), (encoding, box)
+        for i, (image, full) in enumerate(zip(got, whole, strict=True)):
+            expected = full[top:bottom, left:right] if cut else full
+            np.testing.assert_array_equal(image, expected, err_msg=f"{encoding} {box} frame {i}")
+    # 8-bit YUV cut at even rows and columns: cut; odd: never (chroma would be shifted)
+    eight_bit = encoding != "h264 10 bit"
+    assert made == [eight_bit, eight_bit, False, False]
+
+
+def test_the_cut_is_not_made_when_pyavs_first_frame_differs(clips, monkeypatch):
+    path = clips["h264 yuv420p"]
+    real = RegionDecoder.read
+
+    def off_by_one(self: RegionDecoder) -> np.ndarray | None:
+        image = real(self)
+        if image is not None:
+            image[0, 0, 0] ^= 1
+        return image
+
+    monkeypatch.setattr(RegionDecoder, "read", off_by_one)
+    with VideoFileSource(path) as source:
+        assert not source.crop_at_decode((100, 300, 40, 600))
+        got = [frame.image for frame in source]
+    for image, full in zip(got, whole_frames(path), strict=True):
+        np.testing.assert_array_equal(image, full)
+
+
+def test_when_pyav_fails_mid_video_opencv_goes_on_from_the_same_frame(clips, monkeypatch):
+    path = clips["h264 yuv420p"]
+    real = RegionDecoder.read
+    calls = {"n": 0}
+
+    def fails_at_five(self: RegionDecoder) -> np.ndarray | None:
+        calls["n"] += 1
+        if calls["n"] == 6:  # the first read is the check; frame 5 is the 6th
+            raise ValueError("a damaged packet")
+        return real(self)
+
+    monkeypatch.setattr(RegionDecoder, "read", fails_at_five)
+    box = (100, 300, 40, 600)
+    with VideoFileSource(path) as source:
+        assert source.crop_at_decode(box)
+        got = [(frame.index, frame.image) for frame in source]
+    whole = whole_frames(path)
+    assert [i for i, _ in got] == list(range(len(whole)))
+    for (i, image), full in zip(got, whole, strict=True):
+        np.testing.assert_array_equal(image, full[100:300, 40:600], err_msg=f"frame {i}")
+
+
+def test_no_cut_once_frames_were_read_or_when_looping(clips):
+    path = clips["h264 yuv420p"]
+    with VideoFileSource(path) as source:
+        source.read()
+        assert not source.crop_at_decode((100, 300, 40, 600))
+    with VideoFileSource(path, loop=True) as source:
+        assert not source.crop_at_decode((100, 300, 40, 600))
+
+
+def test_a_render_of_the_roi_is_the_same_whether_cut_at_decode_or_not(
+        tmp_path, race_clip, axionaut_model_path, monkeypatch):
+    """The real race clip through the Axionaut profile (output: roi, crop 600:1080 x 0:1800):
+    the PNG frames are bit-exact with and without the cut, and the cut is made."""
+    if not race_clip.is_file() or not axionaut_model_path.is_file():
+        pytest.skip("needs the Axionaut data in ../shared/data/axionaut")
+    profile = Path(__file__).resolve().parents[1] / "models" / "axionaut.yaml"
+    asked: list[tuple[int, int, int, int]] = []
+    real = VideoFileSource.crop_at_decode
+
+    def spy(self: VideoFileSource, box: tuple[int, int, int, int]) -> bool:
+        asked.append(box)
+        return real(self, box)
+
+    outputs = {}
+    for name, cut in (("cut", spy), ("whole", lambda self, box: False)):
+        monkeypatch.setattr(VideoFileSource, "crop_at_decode", cut)
+        out = tmp_path / name
+        assert main(["render", str(race_clip), "-o", str(out), "--quiet", "--max-frames", "12",
+                     "--model", str(axionaut_model_path), "--profile", str(profile),
+                     "--backend", "litert", "--hud"]) == 0
+        outputs[name] = sorted(out.glob("*.png"))
+    assert asked == [(600, 1080, 0, 1800)]
+    assert len(outputs["cut"]) == len(outputs["whole"]) == 12
+    for a, b in zip(outputs["cut"], outputs["whole"], strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
