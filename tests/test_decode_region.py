@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,7 +137,9 @@ def test_a_render_of_the_roi_is_the_same_whether_cut_at_decode_or_not(
 
     def spy(self: VideoFileSource, box: tuple[int, int, int, int]) -> bool:
         asked.append(box)
-        return real(self, box)
+        cut = real(self, box)
+        assert cut, "the race clip's crop was not cut at decode"
+        return cut
 
     outputs = {}
     for name, cut in (("cut", spy), ("whole", lambda self, box: False)):
@@ -150,3 +153,45 @@ def test_a_render_of_the_roi_is_the_same_whether_cut_at_decode_or_not(
     assert len(outputs["cut"]) == len(outputs["whole"]) == 12
     for a, b in zip(outputs["cut"], outputs["whole"], strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("encoding", ["h264 yuv420p", "mjpeg avi"])
+def test_fuzz_damaged_videos_cut_at_decode_read_or_refuse_in_one_line(clips, tmp_path, encoding):
+    """40 byte-level mutations of each clip (seeded): opened, cut at decode and read to the end,
+    or refused in one line; every frame is the box, numbered in order, and OpenCV's pixels:
+    from a frame FFmpeg flags as damaged, OpenCV decodes (two FFmpeg builds may conceal a
+    damaged packet differently). On these seeds every read that was cut is OpenCV's too."""
+    import random
+
+    from test_fuzz_files import SEED, mutate_bytes, read_or_refused
+
+    good = clips[encoding].read_bytes()
+    rng = random.Random(SEED + 11)
+    box = (100, 300, 40, 600)
+    counts = {"read": 0, "refused": 0, "cut": 0, "as OpenCV": 0}
+    for n in range(40):
+        data, what = mutate_bytes(good, rng)
+        path = tmp_path / f"m{n}{clips[encoding].suffix}"
+        path.write_bytes(data)
+        seen: dict[str, Any] = {}
+
+        def read(path: Path = path, seen: dict[str, Any] = seen) -> None:
+            with VideoFileSource(path) as source:
+                seen["cut"] = source.crop_at_decode(box)
+                seen["frames"] = [(f.index, f.image) for f in source]
+
+        outcome = read_or_refused(what, read)
+        counts[outcome] += 1
+        if outcome == "read":
+            frames = seen["frames"]
+            assert [i for i, _ in frames] == list(range(len(frames))), what
+            counts["cut"] += seen["cut"]
+            if seen["cut"]:
+                assert all(image.shape == (200, 560, 3) for _, image in frames), what
+                whole = whole_frames(path)
+                counts["as OpenCV"] += len(whole) == len(frames) and all(
+                    np.array_equal(image, full[100:300, 40:600])
+                    for (_, image), full in zip(frames, whole, strict=False))
+    print(encoding, counts)
+    assert counts["cut"] >= 5 and counts["as OpenCV"] == counts["cut"], counts

@@ -64,6 +64,10 @@ class RegionDecoder:
         frame = next(self._frames, None)
         if frame is None:
             return None
+        if getattr(frame, "is_corrupt", False):
+            # FFmpeg concealed damage in it: another FFmpeg build (OpenCV's) may guess
+            # otherwise, so OpenCV decodes from here, and the pixels stay OpenCV's
+            raise ValueError("a damaged frame")
         self._graph.push(frame)
         image = self._graph.pull().to_ndarray()
         if image.shape != self.shape:  # a stream that changes size mid-way
