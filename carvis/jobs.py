@@ -131,14 +131,13 @@ def steering_renderer(session: ModelSession, profile: Profile, source: Any, *,
         return plain
 
 
-def _cut_at_decode(source: Any, options: RenderOptions) -> Profile:
-    """The profile to render with. When the picture is only the profile's crop, a video source
-    is asked to cut it as it decodes (fewer pixels turned into BGR: carvis.sources.region);
-    if it does, the renderer is given frames already cut, and a profile without a crop. A map
-    track (--save-maps) keeps the crop of the whole frame, so it is rendered as before."""
-    profile = options.profile
+def cut_at_decode(source: Any, profile: Profile) -> Profile:
+    """The profile to draw with. When the picture is only the profile's crop (output: roi), a
+    video source is asked to cut it as it decodes (fewer pixels turned into BGR:
+    carvis.sources.region); if it does, its frames are the crop already, and the profile to
+    draw them with has no crop."""
     cut = getattr(source, "crop_at_decode", None)
-    if cut is None or profile.output != "roi" or profile.crop is None or options.save_maps:
+    if cut is None or profile.output != "roi" or profile.crop is None:
         return profile
     width, height = source.size
     return dataclasses.replace(profile, crop=None) if cut(profile.crop.pixels(height, width)) \
@@ -192,11 +191,15 @@ def render_job(job: Job, options: RenderOptions, session: ModelSession | None,
                     f"--start {options.start} .. --end {options.end}"
                 raise CarvisError(f"nothing to render: {source.name} has {last}, none in "
                                   f"{asked}; give a range inside it")
-            renderer = _track_renderer(options, source) if session is None else \
-                steering_renderer(session, _cut_at_decode(source, options), source,
-                                  plot=options.plot,
-                                  plot_seconds=options.plot_seconds, hud_on=options.hud,
-                                  scale=options.scale, pilot=find_pilot(session, options))
+            if session is None:
+                renderer = _track_renderer(options, source)
+            else:  # a map track (--save-maps) keeps the crop of the whole frame: no cut
+                profile = options.profile if options.save_maps else \
+                    cut_at_decode(source, options.profile)
+                renderer = steering_renderer(session, profile, source, plot=options.plot,
+                                             plot_seconds=options.plot_seconds,
+                                             hud_on=options.hud, scale=options.scale,
+                                             pilot=find_pilot(session, options))
             sink = open_sink(target, SinkOptions(source.fps, threads=options.encoder_threads),
                              inputs=[job.source], allowed=("", ".avi", ".mp4", ".mkv"))
             writer = _track_writer(options, renderer, session, source)

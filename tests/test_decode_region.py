@@ -116,13 +116,36 @@ def test_when_pyav_fails_mid_video_opencv_goes_on_from_the_same_frame(clips, mon
         np.testing.assert_array_equal(image, full[100:300, 40:600], err_msg=f"frame {i}")
 
 
-def test_no_cut_once_frames_were_read_or_when_looping(clips):
-    path = clips["h264 yuv420p"]
-    with VideoFileSource(path) as source:
+def test_no_cut_once_frames_were_read(clips):
+    with VideoFileSource(clips["h264 yuv420p"]) as source:
         source.read()
         assert not source.crop_at_decode((100, 300, 40, 600))
+
+
+@pytest.mark.parametrize("fail_at", [None, 17])
+def test_a_looping_video_cut_at_decode_gives_the_same_frames_every_pass(clips, monkeypatch,
+                                                                        fail_at):
+    """Live plays a file in a loop: each pass from its first frame, numbered on; PyAV failing in
+    the second pass (frame 17 = the 6th of that pass) hands over to OpenCV at that frame."""
+    path = clips["h264 yuv420p"]
+    whole = [image[100:300, 40:600] for image in whole_frames(path)]
+    real = RegionDecoder.read
+    calls = {"n": 0}
+
+    def fails(self: RegionDecoder) -> np.ndarray | None:
+        calls["n"] += 1
+        if fail_at is not None and calls["n"] == fail_at + 2:  # +1: the check, +1: reopened
+            raise ValueError("a damaged packet")
+        return real(self)
+
+    monkeypatch.setattr(RegionDecoder, "read", fails)
     with VideoFileSource(path, loop=True) as source:
-        assert not source.crop_at_decode((100, 300, 40, 600))
+        assert source.crop_at_decode((100, 300, 40, 600))
+        got = [source.read() for _ in range(30)]
+    assert [f.index for f in got] == list(range(30))
+    for f in got:
+        np.testing.assert_array_equal(f.image, whole[f.index % len(whole)],
+                                      err_msg=f"frame {f.index}")
 
 
 def test_a_render_of_the_roi_is_the_same_whether_cut_at_decode_or_not(

@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`carvis run`: check everything, open the source, load the model, run until Ctrl-C."""
     import signal
 
-    from carvis import donkeyconfig, live, pilots, pipeline, settings, sources
+    from carvis import donkeyconfig, jobs, live, pilots, pipeline, settings, sources
     from carvis.live.console import native_notes
     from carvis.live.recording import check_record_path
     from carvis.session import ModelSession
@@ -93,7 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                lambda_policy=args.lambda_policy)
         car = donkeyconfig.read(args.car_config) if args.car_config else None
         found = pilots.find(session, args.pilot_type, car)
-        runner = live.build(source, pipeline.make_renderer(session, profile, pilot=found),
+        drawn = jobs.cut_at_decode(source, profile)  # a video file: only the crop decoded
+        runner = live.build(source, pipeline.make_renderer(session, drawn, pilot=found),
                             options)
         interrupts = 0
 

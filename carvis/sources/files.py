@@ -51,18 +51,20 @@ class VideoFileSource(Source):
         self.frame_count = count if count > 0 else None
         self.size = (first.shape[1], first.shape[0])
         self._index = 0
+        self._position = 0  # frames read since the start (looping: since the last start)
         self._region: RegionDecoder | None = None
         self._box: tuple[int, int, int, int] | None = None
+        self._threads = 0
 
     def crop_at_decode(self, box: tuple[int, int, int, int]) -> bool:
         """From the first frame on, give only the (top, bottom, left, right) box of each frame,
         cut before the colour conversion (carvis.sources.region) if that gives OpenCV's pixels
         exactly, as checked on the first frame; False: frames stay whole."""
-        if self._index or self._pending is None or self.loop or self._region is not None:
+        if self._index or self._pending is None or self._region is not None:
             return False
         top, bottom, left, right = box
-        threads = int(self._cap.get(cv2.CAP_PROP_N_THREADS) or 0)
-        region = open_region(self.path, box, threads)
+        self._threads = int(self._cap.get(cv2.CAP_PROP_N_THREADS) or 0)
+        region = open_region(self.path, box, self._threads)
         if region is None:
             return False
         try:
@@ -81,49 +83,56 @@ class VideoFileSource(Source):
         self._region, self._box, self._pending = region, box, first
         return True
 
-    def _next_region(self) -> np.ndarray | None:
-        """The next frame's region from PyAV; on a decoding error, OpenCV takes over from the
-        same frame (it reads the frames before it again and drops them)."""
-        try:
-            return self._region.read()
-        except Exception as exc:  # noqa: BLE001 - PyAV's, of any kind: OpenCV decodes
-            log.debug("%s: PyAV stopped at frame %d (%s); OpenCV decodes the rest",
-                      self.name, self._index, first_line(exc))
-        self._region.close()
-        self._region = None
-        with held_stderr():
-            self._cap = cv2.VideoCapture(self.path)
-            for _ in range(self._index):
-                if not self._cap.grab():
-                    return None
-            return self._cropped()
-
     def read(self) -> Frame | None:
         """The next decoded frame (from the start again when looping), or None at the end."""
         if self._pending is not None:
             image, self._pending = self._pending, None
-        elif self._box is not None:
-            image = self._next_region() if self._region is not None else self._cropped()
-            if image is None:
-                return None
         else:
-            ok, image = self._cap.read()
-            if not ok and self.loop and self._index > 0:
-                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, image = self._cap.read()
-            if not ok:
+            image = self._next_image()
+            if image is None and self.loop and self._index > 0:
+                self._rewind()
+                image = self._next_image()
+            if image is None:
                 return None
         frame = Frame(image, self._index, time.monotonic(), self.name)
         self._index += 1
+        self._position += 1
         return frame
 
-    def _cropped(self) -> np.ndarray | None:
-        """OpenCV's next frame, cut to the box (after PyAV stopped)."""
+    def _next_image(self) -> np.ndarray | None:
+        """The next frame: OpenCV's, or its box: PyAV's, and OpenCV's from a frame PyAV fails
+        at (OpenCV reads the frames before it again and drops them)."""
+        if self._region is not None:
+            try:
+                return self._region.read()
+            except Exception as exc:  # noqa: BLE001 - PyAV's, of any kind: OpenCV decodes
+                log.debug("%s: PyAV stopped at frame %d (%s); OpenCV decodes the rest",
+                          self.name, self._position, first_line(exc))
+            self._region.close()
+            self._region = None
+            with held_stderr():
+                self._cap = cv2.VideoCapture(self.path)
+                for _ in range(self._position):
+                    if not self._cap.grab():
+                        return None
         ok, image = self._cap.read()
         if not ok:
             return None
-        top, bottom, left, right = self._box
-        return image[top:bottom, left:right]
+        if self._box is not None:
+            top, bottom, left, right = self._box
+            image = image[top:bottom, left:right]
+        return image
+
+    def _rewind(self) -> None:
+        """Back to the first frame (looping)."""
+        self._position = 0
+        if self._region is not None:
+            self._region.close()
+            self._region = open_region(self.path, self._box, self._threads)
+            if self._region is None:  # PyAV cannot open it again: OpenCV from the start
+                self._cap = cv2.VideoCapture(self.path)
+        else:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
 
     def close(self) -> None:
         """Release the capture."""
