@@ -26,6 +26,9 @@
 #      render: "rounding" = at most 0.1% of the pixels off by more than 2 levels (OpenCV 4.11's resize and colormap
 #      against the laptop's 5.x differ by 1-2 levels; the maps themselves agree within 3e-7 relative). No --hud
 #      here: its text is drawn differently by those two OpenCVs on every frame, whatever the model.
+#   6. a video's crop cut as it decodes (carvis.sources.region: the system's PyAV and FFmpeg from apt, the venv's
+#      OpenCV): 20 frames of the race clip as H.264; cut or not (PyAV too old, pixels differ), the frames must equal
+#      OpenCV's to the bit.
 # Then prints a table; exit 0 when every suite passes. Takes ~3.5 min for both on this 2-core machine once the roots
 # exist. Emulated timing means nothing (qemu): the seconds say how long the check takes, not how fast a Pi is.
 # Env: PI_INSTALL=file   install lines to use instead of the README's block (to try a change before the README has it)
@@ -69,6 +72,7 @@ for p in sorted(Path(sys.argv[1]).glob("*.jpg"))[:8]:
 PY
 (cd "$REPO" && "$HOST_CARVIS" render "$WORK/frames" --model models/default.tflite --quiet -o "$WORK/host-frames/" >/dev/null)
 (cd "$REPO" && "$HOST_CARVIS" render "$WORK/frames" "${ONNX_RENDER[@]}" -o "$WORK/host-onnx/" >/dev/null)
+ffmpeg -v error -i "$FRAMES/../race.mp4" -frames:v 20 -vf scale=640:360 -c:v libx264 -pix_fmt yuv420p "$WORK/clip.mp4"
 echo "pi_check: laptop reference $((SECONDS - t))s"
 
 # What runs inside a root: /src is a fresh copy of the working tree, read-write (it lives in $WORK on the host).
@@ -98,6 +102,23 @@ then res render_frames ok; else res render_frames FAIL; fi
 if /src/.venv/bin/carvis render $out/frames --model tests/data/pilotnet.onnx --mode vbp --quiet -o $out/render-onnx/ >> $log 2>&1
 then res render_onnx ok; else res render_onnx FAIL; fi
 res onnxruntime "$($PY -c 'import onnxruntime; print(onnxruntime.__version__)' 2>>$log || echo '?')"
+# 6. a video's crop cut as it decodes (the system's PyAV and FFmpeg against the venv's OpenCV):
+#    cut or not, the frames must be OpenCV's to the bit
+res cut "$($PY - $out/clip.mp4 <<'PY' 2>>$log || echo FAIL
+import sys
+import av, numpy as np
+from carvis.sources import VideoFileSource
+box = (100, 300, 40, 600)
+with VideoFileSource(sys.argv[1]) as s:
+    whole = [f.image for f in s]
+with VideoFileSource(sys.argv[1]) as s:
+    cut = s.crop_at_decode(box)
+    got = [f.image for f in s]
+want = [w[100:300, 40:600] if cut else w for w in whole]
+same = len(got) == len(want) == 20 and all(np.array_equal(a, b) for a, b in zip(got, want))
+print(f"{'cut' if cut else 'whole'} (PyAV {av.__version__}), {'exact' if same else 'NO'}")
+PY
+)"
 res checks_s $(( $(date +%s) - t ))
 EOF
 
@@ -114,7 +135,7 @@ for suite in $SUITES; do
   (cd "$REPO" && git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
     tar -c --null -T - | tar -x -C "$src")
   cp "$WORK/install.run" "$WORK/inner.sh" "$src/.pi_check/"; cp "$H5" "$src/.pi_check/model.h5"
-  cp -r "$WORK/frames" "$src/.pi_check/frames"
+  cp -r "$WORK/frames" "$src/.pi_check/frames"; cp "$WORK/clip.mp4" "$src/.pi_check/"
   echo "pi_check: $suite: install + checks inside $ROOT (log: $src/.pi_check/inner.log)"
   SRC=$src SRC_RW=1 "$PI_DIR/arm64_run.sh" "$ROOT" /bin/bash /src/.pi_check/inner.sh "${RENDER[@]}" || true
   declare -A r=(); while IFS='=' read -r k v; do r[$k]=$v; done < "$src/.pi_check/result"
@@ -149,18 +170,18 @@ PY
   [ "$onnxr" = ok ] && onnxr=$(compare "$WORK/host-onnx" "$src/.pi_check/render-onnx" 2 0.001 rounding)
   [ "${r[install]:-FAIL}" = ok ] || { echo "pi_check: $suite: install failed:"; tail -25 "$src/.pi_check/inner.log"; }
   [ "${r[bottleneck]:-FAIL}" = ok ] || grep -m3 -E 'Error|error' "$src/.pi_check/inner.log" | sed 's/^/    /' || true
-  summary+=("$suite|${r[python]:-?}|${r[numpy]:-?}|${r[cv2]:-?}|${r[install]:-FAIL}|${r[bottleneck]:-FAIL}|${r[no_tf]:-FAIL}|$layers|$render|$frames|${r[onnxruntime]:-?}: $onnxr|$((SECONDS - t0)) (install ${r[install_s]:-?}, checks ${r[checks_s]:-?})")
+  summary+=("$suite|${r[python]:-?}|${r[numpy]:-?}|${r[cv2]:-?}|${r[install]:-FAIL}|${r[bottleneck]:-FAIL}|${r[no_tf]:-FAIL}|$layers|$render|$frames|${r[onnxruntime]:-?}: $onnxr|${r[cut]:-FAIL}|$((SECONDS - t0)) (install ${r[install_s]:-?}, checks ${r[checks_s]:-?})")
   cp "$src/.pi_check/inner.log" "$WORK/$suite/inner.log"
   [ -n "${KEEP:-}" ] || rm -rf --one-file-system "$src"
   unset r
 done
 
 echo
-{ echo "suite|python|numpy in venv|cv2|install|bottleneck|no TF|layers (.h5)|render synthetic vs laptop|render same frames vs laptop|onnxruntime: ONNX render vs laptop|seconds"
+{ echo "suite|python|numpy in venv|cv2|install|bottleneck|no TF|layers (.h5)|render synthetic vs laptop|render same frames vs laptop|onnxruntime: ONNX render vs laptop|video crop cut at decode|seconds"
   printf '%s\n' "${summary[@]}"; } | column -t -s '|'
-bad=0; for s in "${summary[@]}"; do IFS='|' read -r _ _ np _ in bn tf ly rd fr ox _ <<< "$s"
+bad=0; for s in "${summary[@]}"; do IFS='|' read -r _ _ np _ in bn tf ly rd fr ox ct _ <<< "$s"
   [[ $in = ok && $bn = ok && $tf = ok && $ly = ok && $rd =~ ^(exact|near) && $fr =~ ^(exact|rounding) &&
-     ${ox#*: } =~ ^(exact|rounding) &&
+     ${ox#*: } =~ ^(exact|rounding) && $ct = *", exact" &&
      $np = *"(system)" ]] || bad=1; done
 [ -n "${KEEP:-}" ] && echo "pi_check: work dir kept: $WORK"
 exit $bad

@@ -4,6 +4,7 @@ error, truncated JPEGs; real files, real signals, ffprobe and OpenCV reading the
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import cv2
 import fakes
@@ -64,10 +66,12 @@ def test_a_5_fps_model_on_a_30_fps_camera_still_streams_and_records_30_fps(model
     period = 0.2
     out = tmp_path / "slow.mkv"
     source = fakes.StillSource(fakes.test_image(), fps=30)
-    ages: list[tuple[int, float, int]] = []
+    # (frames, seconds) of the map's age on each output, and that map (the runner says which
+    # it laid: the model may finish the next one while the frame is being sent)
+    ages: list[tuple[int, float, Any]] = []
     runner = _runner(model, source, live.LiveOptions(serve=("127.0.0.1", 0), record=str(out)),
-                     on_frame=lambda f: ages.append((*runner.map_age, runner.model.computed)
-                                                    if runner.map_age else (-1, 0.0, 0)))
+                     on_frame=lambda f: ages.append((*runner.map_age, runner.laid))
+                     if runner.map_age else None)
     compute = runner.model.maker
     durations: list[float] = []  # each map's own time in the model thread (the machine's load)
 
@@ -101,18 +105,25 @@ def test_a_5_fps_model_on_a_30_fps_camera_still_streams_and_records_30_fps(model
     assert busy >= 0.8 * seconds and maps <= seconds / period + 1, (busy, maps, seconds)
     assert stats["map"]["age_frames"] is not None and stats["map"]["age_ms"] > 0
     frame_s, slack = 1 / 30, 0.1
-    seen = [(f, s, n) for f, s, n in ages if 2 <= n < len(durations)]
-    # Never an older map than the frame: ages are >= 0. Map n is taken from the newest frame
-    # (at most a frame old), computed in durations[n-1] and laid on the next frame drawn; it
-    # stays until map n+1 is laid. Bounds from each map's own measured time, not the clock's.
+    # Every map computed after the first two, in order, with its own measured compute time
+    # (the slow wrapper's: the sleep and the model).
+    maps_seen = sorted({m.seq: m for _, _, m in ages}.values(), key=lambda m: m.seq)[2:]
+    assert len(maps_seen) >= 10 and all(m.compute_s >= period for m in maps_seen)
+    following = {m.seq: nxt for m, nxt in itertools.pairwise(maps_seen)}
+    seen = [(f, s, m) for f, s, m in ages if m.seq in following]
+    # Never an older map than the frame: ages are >= 0. A map is taken from the newest frame
+    # (at most a frame old), computed in its compute_s and laid on the next frame drawn; it
+    # stays until the next map is laid. Bounds from each map's own measured time, not the
+    # clock's.
     assert all(f >= 0 and s >= 0 for f, s, _ in seen)
-    first = {}
-    for _, s, n in seen:
-        first.setdefault(n, s)
-    late = {n: s for n, s in first.items() if s > durations[n - 1] + 2 * frame_s + slack}
+    first: dict[int, float] = {}
+    for _, s, m in seen:
+        first.setdefault(m.seq, s)
+    late = {m.seq: first[m.seq] for m in maps_seen if m.seq in first
+            and first[m.seq] > m.compute_s + 2 * frame_s + slack}
     assert first and not late, (late, durations)
-    stale = [(n, s) for _, s, n in seen
-             if s > durations[n - 1] + durations[n] + 3 * frame_s + slack]
+    stale = [(m.seq, s) for _, s, m in seen
+             if s > m.compute_s + following[m.seq].compute_s + 3 * frame_s + slack]
     assert not stale, (stale, durations)
     written, duration = probe(out)
     assert written >= 0.85 * 30 * duration and duration >= 4

@@ -74,6 +74,7 @@ class LiveRunner:
         for name, worker in self.sinks.items():
             worker.on_write = self.hists[name].observe
         self.map_age: tuple[int, float] | None = None  # (frames, seconds) on the newest output
+        self.laid: Map | None = None  # the map on the newest output
         self.placeholders = 0
         self.error: BaseException | None = None
         self.report = stats.Report(self)
@@ -155,6 +156,7 @@ class LiveRunner:
             self._counted = latest
             self.hists["map"].observe(latest.compute_s)
         image = self.renderer.composer(frame.image, latest.result if latest else None, frame)
+        self.laid = latest
         self.map_age = (self._seq - latest.seq, frame.timestamp - latest.timestamp) \
             if latest else None
         return Frame(image, frame.index, frame.timestamp, frame.name)
@@ -173,7 +175,7 @@ class LiveRunner:
         """The "no signal" frame, the size of the outputs, on the recording's timeline."""
         self._seq += 1
         self.placeholders += 1
-        self.map_age = None
+        self.map_age = self.laid = None
         last = self.panel.last_output
         shape = last.image.shape if last is not None else \
             (*reversed(getattr(self.source, "size", (640, 480))), 3)
