@@ -4,8 +4,8 @@ OpenCV's VideoCapture turns every decoded frame whole into BGR (swscale), then c
 its region of interest out. When only the region is shown (a profile's ``output: roi``),
 PyAV can crop the decoded YUV picture first (FFmpeg's ``crop`` filter moves the plane
 pointers, no copy) and convert only the region: the same swscale conversion on fewer pixels
-(the Axionaut race clip, 1800x480 of 1920x1080: 0.85 ms of CPU a frame less, 9 % of the
-whole render). The pixels must be OpenCV's to the bit, so :meth:`VideoFileSource.crop_at_decode
+(the Axionaut race clip, 1800x480 of 1920x1080: 0.85 ms of CPU a frame less, about 5 % of
+the whole render's CPU). The pixels must be OpenCV's to the bit, so :meth:`VideoFileSource.crop_at_decode
 <carvis.sources.files.VideoFileSource.crop_at_decode>` compares the first frame of both
 before it switches, and anything PyAV cannot do falls back to OpenCV.
 """
@@ -34,7 +34,6 @@ class RegionDecoder:
         import av  # PyAV: a dependency of carvis (.avi/.mp4 out); raises if it is missing
 
         top, bottom, left, right = box
-        self._av = av
         self._container = av.open(str(path))
         try:
             stream = self._container.streams.video[0]
