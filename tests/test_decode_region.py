@@ -148,10 +148,12 @@ def test_a_looping_video_cut_at_decode_gives_the_same_frames_every_pass(clips, m
                                       err_msg=f"frame {f.index}")
 
 
+@pytest.mark.parametrize("view", [["--hud"], ["--plot"], ["--compare"], ["--view", "grid"]])
 def test_a_render_of_the_roi_is_the_same_whether_cut_at_decode_or_not(
-        tmp_path, race_clip, axionaut_model_path, monkeypatch):
-    """The real race clip through the Axionaut profile (output: roi, crop 600:1080 x 0:1800):
-    the PNG frames are bit-exact with and without the cut, and the cut is made."""
+        tmp_path, race_clip, axionaut_model_path, monkeypatch, view):
+    """The real race clip through the Axionaut profile (output: roi, crop 600:1080 x 0:1800),
+    in every view: the PNG frames are bit-exact with and without the cut, and the cut is
+    made."""
     if not race_clip.is_file() or not axionaut_model_path.is_file():
         pytest.skip("needs the Axionaut data in ../shared/data/axionaut")
     profile = Path(__file__).resolve().parents[1] / "models" / "axionaut.yaml"
@@ -170,7 +172,7 @@ def test_a_render_of_the_roi_is_the_same_whether_cut_at_decode_or_not(
         out = tmp_path / name
         assert main(["render", str(race_clip), "-o", str(out), "--quiet", "--max-frames", "12",
                      "--model", str(axionaut_model_path), "--profile", str(profile),
-                     "--backend", "litert", "--hud"]) == 0
+                     "--backend", "litert", *view]) == 0
         outputs[name] = sorted(out.glob("*.png"))
     assert asked == [(600, 1080, 0, 1800)]
     assert len(outputs["cut"]) == len(outputs["whole"]) == 12
