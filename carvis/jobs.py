@@ -136,12 +136,11 @@ def cut_at_decode(source: Any, profile: Profile) -> Profile:
     video source is asked to cut it as it decodes (fewer pixels turned into BGR:
     carvis.sources.region); if it does, its frames are the crop already, and the profile to
     draw them with has no crop."""
-    cut = getattr(source, "crop_at_decode", None)
-    if cut is None or profile.output != "roi" or profile.crop is None:
+    if profile.output != "roi" or profile.crop is None or not hasattr(source, "size"):
         return profile
     width, height = source.size
-    return dataclasses.replace(profile, crop=None) if cut(profile.crop.pixels(height, width)) \
-        else profile
+    box = profile.crop.pixels(height, width)
+    return dataclasses.replace(profile, crop=None) if source.crop_at_decode(box) else profile
 
 
 def _track_renderer(options: RenderOptions, source: Any) -> pipeline.Renderer:

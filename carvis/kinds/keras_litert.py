@@ -1,7 +1,8 @@
 """A Keras model's conversions to LiteRT, each made once per file content and kept in the
 cache (carvis.backends.cache): one layer, several outputs for a forward-only mode, the whole
-model (a pilot with other inputs), a gradient mode's whole graph, and the model's facts (what the modes read of it). The Keras model is
-loaded only to make one; a later run reads them all without TensorFlow."""
+model (a pilot with other inputs), a gradient mode's whole graph, and the model's facts (what
+the modes read of it). The Keras model is loaded only to make one; a later run reads them all
+without TensorFlow."""
 
 from __future__ import annotations
 

@@ -20,6 +20,11 @@ class Source:
         """The next frame, or None at the end."""
         raise NotImplementedError
 
+    def crop_at_decode(self, box: tuple[int, int, int, int]) -> bool:
+        """Give only the (top, bottom, left, right) box of each frame from the first on, if
+        this source can cut it as it decodes with the same pixels; False: frames stay whole."""
+        return False
+
     def __iter__(self) -> Iterator[Frame]:
         while True:
             frame = self.read()
